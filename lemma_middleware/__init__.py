@@ -1,0 +1,41 @@
+"""lemma-middleware: one Lemma-conformant Langfuse trace per request to your AI agent.
+
+Everything users need is importable from here::
+
+    from lemma_middleware import LemmaMiddleware, bind, set_input, set_output
+"""
+
+from .asgi import LemmaMiddleware
+from .capture import DEFAULT_REDACT_FIELDS, REDACTED
+from .export import build_client, resolve_destinations
+from .identity import Identity, normalise_id
+from .tracing import (
+    DEFAULT_EXCLUDE_METHODS,
+    DEFAULT_EXCLUDE_PATHS,
+    RequestTrace,
+    Tracing,
+    bind,
+    current,
+    get_trace_id,
+    set_input,
+    set_output,
+)
+
+__all__ = [
+    "DEFAULT_EXCLUDE_METHODS",
+    "DEFAULT_EXCLUDE_PATHS",
+    "DEFAULT_REDACT_FIELDS",
+    "REDACTED",
+    "Identity",
+    "LemmaMiddleware",
+    "RequestTrace",
+    "Tracing",
+    "bind",
+    "build_client",
+    "current",
+    "get_trace_id",
+    "normalise_id",
+    "resolve_destinations",
+    "set_input",
+    "set_output",
+]

@@ -1,0 +1,208 @@
+"""Pure ASGI middleware: one Lemma-conformant trace per HTTP request."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .capture import BodyCapture
+from .identity import log_once
+from .tracing import RequestInfo, RequestTrace, Tracing
+
+logger = logging.getLogger("lemma_middleware")
+
+
+class LemmaMiddleware:
+    """Traces every HTTP request to an ASGI 3 app as one Lemma/Langfuse trace.
+
+    ``app.add_middleware(LemmaMiddleware, agent_name="support-agent")`` or
+    ``app = LemmaMiddleware(app, agent_name="support-agent")``; options are those of
+    :class:`lemma_middleware.tracing.Tracing` (see the README). WebSocket traffic passes
+    through; on lifespan shutdown pending traces are flushed.
+    """
+
+    def __init__(self, app: ASGIApp, *, flush_timeout: float = 5.0, **options: Any) -> None:
+        self.app = app
+        self.tracing = Tracing(**options)
+        self.flush_timeout = flush_timeout
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope_type = scope["type"]
+        if scope_type == "http":
+            tracing = self.tracing
+            if tracing.enabled and not tracing.is_excluded(scope["method"], scope["path"]):
+                await TracedExchange(self.app, tracing, scope, receive, send).run()
+                return
+        elif scope_type == "lifespan" and self.tracing.enabled:
+            await self.app(scope, receive, self._flushing_lifespan_send(send))
+            return
+        await self.app(scope, receive, send)
+
+    def _flushing_lifespan_send(self, send: Send) -> Send:
+        async def lifespan_send(message: Message) -> None:
+            if message["type"] == "lifespan.shutdown.complete":
+                await self.flush()
+            await send(message)
+
+        return lifespan_send
+
+    async def flush(self) -> None:
+        """Export pending traces, waiting at most ``flush_timeout`` seconds (in a thread)."""
+        loop = asyncio.get_running_loop()
+        try:
+            await asyncio.wait_for(
+                loop.run_in_executor(None, self.tracing.flush), self.flush_timeout
+            )
+        except Exception as error:
+            logger.warning("lemma_middleware: flush at shutdown did not finish: %r", error)
+
+
+def _header_map(raw_headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for name, value in raw_headers:
+        key = name.decode("latin-1").lower()
+        if key not in headers:
+            headers[key] = value.decode("latin-1")
+    return headers
+
+
+class TracedExchange:
+    """One traced request: wraps ``receive`` and ``send`` to copy bodies as they pass."""
+
+    __slots__ = (
+        "app",
+        "completed_at",
+        "disconnected",
+        "receive",
+        "request_body",
+        "request_headers",
+        "response_body",
+        "response_content_encoding",
+        "response_content_type",
+        "scope",
+        "send",
+        "status",
+        "trace",
+        "tracing",
+    )
+
+    def __init__(
+        self, app: ASGIApp, tracing: Tracing, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        self.app = app
+        self.tracing = tracing
+        self.scope = scope
+        self.receive = receive
+        self.send = send
+        self.status: int | None = None
+        self.completed_at: int | None = None
+        self.disconnected = False
+        self.response_content_type: str | None = None
+        self.response_content_encoding: str | None = None
+        limit = tracing.max_body_bytes
+        self.request_body = BodyCapture(limit) if tracing.capture_input else None
+        self.response_body = BodyCapture(limit) if tracing.capture_output else None
+        self.request_headers: dict[str, str] = {}
+        self.trace: RequestTrace | None = None
+
+    async def run(self) -> None:
+        scope = self.scope
+        try:
+            self.request_headers = _header_map(scope["headers"])
+            query = scope.get("query_string", b"")
+            self.trace = self.tracing.start(
+                RequestInfo(
+                    method=scope["method"],
+                    path=scope["path"],
+                    query_string=query.decode("latin-1") if query else "",
+                    headers=self.request_headers,
+                    request=Request(scope) if self.tracing.wants_request else None,
+                    auth_user=lambda: scope.get("user"),
+                )
+            )
+        except Exception as error:
+            log_once(f"asgi-start:{type(error).__name__}", logging.ERROR,
+                     "lemma_middleware: %r; request served untraced (logged once)", error)
+        trace = self.trace
+        if trace is None:
+            await self.app(scope, self.receive, self.send)
+            return
+        error: BaseException | None = None
+        token = trace.activate()
+        try:
+            await self.app(scope, self.receive_wrapper, self.send_wrapper)
+        except asyncio.CancelledError:
+            self.disconnected = True
+            raise
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            trace.deactivate(token)
+            self._finish(trace, error)
+
+    def _finish(self, trace: RequestTrace, error: BaseException | None) -> None:
+        route = self.scope.get("route")
+        route_path = getattr(route, "path", None)
+        headers = self.request_headers
+        trace.finish(
+            request_body=self.request_body,
+            request_content_type=headers.get("content-type"),
+            request_content_encoding=headers.get("content-encoding"),
+            status=self.status,
+            response_body=self.response_body,
+            response_content_type=self.response_content_type,
+            response_content_encoding=self.response_content_encoding,
+            route=route_path if isinstance(route_path, str) else None,
+            error=error,
+            disconnected=self.disconnected and self.completed_at is None,
+            end_time_ns=self.completed_at,
+        )
+
+    async def receive_wrapper(self) -> Message:
+        message = await self.receive()
+        message_type = message["type"]
+        if message_type == "http.request":
+            if self.request_body is not None:
+                self.request_body.feed(message.get("body", b""))
+        elif message_type == "http.disconnect" and self.completed_at is None:
+            self.disconnected = True
+        return message
+
+    async def send_wrapper(self, message: Message) -> None:
+        message_type = message["type"]
+        if message_type == "http.response.start":
+            message = self._on_response_start(message)
+        elif message_type == "http.response.body":
+            if self.response_body is not None:
+                self.response_body.feed(message.get("body", b""))
+            if not message.get("more_body", False):
+                self.completed_at = time.time_ns()
+        elif message_type in ("http.response.pathsend", "http.response.zerocopysend"):
+            self.completed_at = time.time_ns()
+        try:
+            await self.send(message)
+        except OSError:
+            self.disconnected = True
+            self.completed_at = None
+            raise
+
+    def _on_response_start(self, message: Message) -> Message:
+        self.status = message.get("status")
+        raw_headers = message.get("headers") or []
+        for name, value in raw_headers:
+            lowered = name.lower()
+            if lowered == b"content-type":
+                self.response_content_type = value.decode("latin-1")
+            elif lowered == b"content-encoding":
+                self.response_content_encoding = value.decode("latin-1")
+        header = self.tracing.trace_id_header
+        if header is not None and self.trace is not None:
+            message = dict(message)
+            message["headers"] = [*raw_headers, (header, self.trace.trace_id.encode("ascii"))]
+        return message

@@ -1,0 +1,234 @@
+"""Bounded copies of request/response bodies and how they are recorded on the root.
+
+A :class:`BodyCapture` keeps at most ``limit`` bytes of what passes through and only
+counts the rest, so memory stays bounded whatever the body size. :func:`render_body`
+turns the kept bytes into what the trace records: JSON parsed, form bodies as a dict,
+text as text, ``text/event-stream`` as the concatenated ``data:`` payloads, binary as a
+short placeholder; a truncated body is recorded as text with a visible marker.
+:class:`Redactor` replaces sensitive fields at any depth, on a copy.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Iterable
+from typing import Any
+from urllib.parse import parse_qsl
+
+from .identity import log_once
+
+REDACTED = "[REDACTED]"
+
+DEFAULT_REDACT_FIELDS: frozenset[str] = frozenset(
+    {
+        "password",
+        "passwd",
+        "pwd",
+        "secret",
+        "client_secret",
+        "token",
+        "access_token",
+        "refresh_token",
+        "id_token",
+        "api_key",
+        "apikey",
+        "authorization",
+        "cookie",
+        "set_cookie",
+        "private_key",
+        "credit_card",
+        "card_number",
+        "cvv",
+        "ssn",
+    }
+)
+"""Field names redacted by default. A field is sensitive when its name, lower-cased with
+``-`` read as ``_``, equals one of these or ends with ``_`` + one of them
+(``openai_api_key``, ``auth_token``, ``db_password``)."""
+
+
+def _normalise_key(key: str) -> str:
+    return key.lower().replace("-", "_")
+
+
+class Redactor:
+    """Replaces the values of sensitive fields by ``[REDACTED]`` (compiled once)."""
+
+    def __init__(self, extra_fields: Iterable[str] = ()) -> None:
+        self.fields = frozenset(DEFAULT_REDACT_FIELDS | {_normalise_key(f) for f in extra_fields})
+        self._suffixes = tuple("_" + f for f in self.fields)
+        names = "|".join(sorted((re.escape(f) for f in self.fields), key=len, reverse=True))
+        name = rf"(?:[A-Za-z0-9_-]*[_-])?(?:{names})"
+        # "name": "value" / "name": 123 in JSON-like text that could not be parsed
+        self._json_text = re.compile(
+            rf'("{name}"\s*:\s*)("(?:[^"\\]|\\.)*"?|[^,}}\]\s]+)', re.IGNORECASE
+        )
+        # name=value in form- or query-like text
+        self._pair_text = re.compile(rf"(\b{name}=)[^&\s]*", re.IGNORECASE)
+
+    def is_sensitive(self, key: str) -> bool:
+        """True when a field of this name is never recorded."""
+        normalised = _normalise_key(key)
+        return normalised in self.fields or normalised.endswith(self._suffixes)
+
+    def redact(self, value: Any) -> Any:
+        """A copy of ``value`` with sensitive fields replaced, at any depth."""
+        if isinstance(value, dict):
+            return {
+                k: REDACTED if isinstance(k, str) and self.is_sensitive(k) else self.redact(v)
+                for k, v in value.items()
+            }
+        if isinstance(value, list):
+            return [self.redact(v) for v in value]
+        return value
+
+    def redact_text(self, text: str) -> str:
+        """Best-effort redaction for text that could not be parsed (truncated, broken)."""
+        text = self._json_text.sub(rf'\1"{REDACTED}"', text)
+        return self._pair_text.sub(rf"\1{REDACTED}", text)
+
+
+class BodyCapture:
+    """Keeps the first ``limit`` bytes of a body and counts all of them."""
+
+    __slots__ = ("_chunks", "kept", "limit", "total")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._chunks: list[bytes] = []
+        self.kept = 0
+        self.total = 0
+
+    def feed(self, data: bytes) -> None:
+        """Account for ``data``; keep it while under the limit."""
+        size = len(data)
+        if not size:
+            return
+        self.total += size
+        room = self.limit - self.kept
+        if room > 0:
+            piece = data if size <= room else data[:room]
+            self._chunks.append(bytes(piece))
+            self.kept += len(piece)
+
+    @property
+    def truncated(self) -> bool:
+        """True when more bytes passed than were kept."""
+        return self.total > self.kept
+
+    def data(self) -> bytes:
+        """The kept bytes."""
+        if len(self._chunks) > 1:
+            self._chunks = [b"".join(self._chunks)]
+        return self._chunks[0] if self._chunks else b""
+
+
+def media_type_of(content_type: str | None) -> str:
+    """``"application/json; charset=utf-8"`` -> ``"application/json"``."""
+    if not content_type:
+        return ""
+    return content_type.split(";", 1)[0].strip().lower()
+
+
+def _is_json(media_type: str) -> bool:
+    return media_type == "application/json" or media_type.endswith("+json")
+
+
+def _is_text(media_type: str) -> bool:
+    return (
+        media_type.startswith("text/")
+        or media_type.endswith("+xml")
+        or media_type in ("application/xml", "application/javascript", "application/x-ndjson")
+    )
+
+
+def _decode(data: bytes) -> str:
+    return data.decode("utf-8", errors="replace")
+
+
+def _truncation_marker(capture: BodyCapture) -> str:
+    return f"… [truncated: {capture.total} bytes in total, first {capture.kept} recorded]"
+
+
+def _form_dict(text: str) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in parse_qsl(text, keep_blank_values=True):
+        existing = result.get(key)
+        if existing is None:
+            result[key] = value
+        elif isinstance(existing, list):
+            existing.append(value)
+        else:
+            result[key] = [existing, value]
+    return result
+
+
+def query_dict(query_string: str, redactor: Redactor) -> dict[str, Any] | None:
+    """Query parameters as a redacted dict, or None without any."""
+    if not query_string:
+        return None
+    return redactor.redact(_form_dict(query_string)) or None
+
+
+def sse_payloads(text: str) -> str:
+    """The concatenated ``data:`` payloads of an event stream (``[DONE]`` left out)."""
+    parts: list[str] = []
+    for line in text.splitlines():
+        if line.startswith("data:"):
+            payload = line[5:]
+            if payload.startswith(" "):
+                payload = payload[1:]
+            if payload != "[DONE]":
+                parts.append(payload)
+    return "".join(parts)
+
+
+def render_body(
+    capture: BodyCapture,
+    content_type: str | None,
+    content_encoding: str | None,
+    redactor: Redactor,
+    direction: str,
+) -> Any:
+    """What the trace records for a captured body (None for an empty body)."""
+    if capture.total == 0:
+        return None
+    media_type = media_type_of(content_type)
+    if content_encoding and content_encoding.strip().lower() not in ("identity", ""):
+        return f"<{content_encoding.strip()}-encoded {media_type or 'body'}, {capture.total} bytes>"
+    data = capture.data()
+    if media_type == "text/event-stream":
+        text = sse_payloads(_decode(data))
+        return redactor.redact_text(text + (_truncation_marker(capture) if capture.truncated else ""))
+    if capture.truncated:
+        if _is_json(media_type) or _is_text(media_type) or media_type.endswith("urlencoded"):
+            return redactor.redact_text(_decode(data)) + _truncation_marker(capture)
+        return f"<binary {media_type or 'body'}, {capture.total} bytes>"
+    if _is_json(media_type):
+        try:
+            return redactor.redact(json.loads(data))
+        except ValueError:
+            log_once(
+                f"badjson:{direction}",
+                logging.INFO,
+                "lemma_middleware: a %s body declared as JSON did not parse; recorded as text "
+                "(logged once)",
+                direction,
+            )
+            return redactor.redact_text(_decode(data))
+    if media_type == "application/x-www-form-urlencoded":
+        return redactor.redact(_form_dict(_decode(data)))
+    if media_type.startswith("multipart/"):
+        return f"<{media_type}, {capture.total} bytes>"
+    if _is_text(media_type):
+        return redactor.redact_text(_decode(data))
+    if not media_type:
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            return f"<binary body, {capture.total} bytes>"
+        if text.isprintable() or all(c.isprintable() or c in "\r\n\t" for c in text):
+            return redactor.redact_text(text)
+    return f"<binary {media_type or 'body'}, {capture.total} bytes>"

@@ -1,0 +1,381 @@
+"""Where traces go: a Langfuse client wired to Lemma, Langfuse, both, or any OTLP endpoint.
+
+:func:`build_client` reads the environment users already have (or explicit arguments):
+
+* Lemma: ``LEMMA_API_KEY`` + ``LEMMA_PROJECT_ID`` (a UUID), ``LEMMA_BASE_URL`` (the full
+  OTLP traces URL, default ``https://api.uselemma.ai/otel/v1/traces``);
+* Langfuse: ``LANGFUSE_PUBLIC_KEY`` + ``LANGFUSE_SECRET_KEY`` (+ ``LANGFUSE_HOST`` /
+  ``LANGFUSE_BASE_URL``);
+* any OTLP/HTTP endpoint: ``LEMMA_OTLP_ENDPOINT`` (full traces URL) and optional
+  ``LEMMA_OTLP_HEADERS`` (``name=value,name=value``).
+
+Every configured destination gets every trace, each through its own background batch
+processor, so a slow or down destination never delays another (nor the request).
+Without a Langfuse key pair the client is still given a working setup (the Langfuse
+client disables itself without keys). A misconfiguration is logged once at start-up and
+that destination is left out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from langfuse import Langfuse
+from langfuse.span_filter import is_default_export_span, is_langfuse_span
+from opentelemetry import trace as otel_trace
+from opentelemetry.context import Context
+from opentelemetry.exporter.otlp.proto.http import Compression
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.trace import SpanContext
+
+logger = logging.getLogger("lemma_middleware")
+
+LEMMA_DEFAULT_URL = "https://api.uselemma.ai/otel/v1/traces"
+
+ShouldExport = Callable[[ReadableSpan], bool]
+
+
+@dataclass(frozen=True)
+class Destination:
+    """One OTLP/HTTP protobuf endpoint that receives every trace."""
+
+    name: str
+    endpoint: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+def _parse_headers(raw: str | None) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for item in (raw or "").split(","):
+        name, sep, value = item.partition("=")
+        if sep and name.strip():
+            headers[name.strip()] = value.strip()
+    return headers
+
+
+def _valid_url(url: str) -> bool:
+    return url.startswith(("http://", "https://")) and len(url) > len("https://")
+
+
+def resolve_destinations(
+    *,
+    lemma_api_key: str | None = None,
+    lemma_project_id: str | None = None,
+    lemma_url: str | None = None,
+    langfuse_public_key: str | None = None,
+    langfuse_secret_key: str | None = None,
+    langfuse_host: str | None = None,
+    otlp_endpoint: str | None = None,
+    otlp_headers: Mapping[str, str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> tuple[list[Destination], list[str]]:
+    """The destinations configured by arguments or environment, and the problems found."""
+    env = os.environ if environ is None else environ
+    destinations: list[Destination] = []
+    problems: list[str] = []
+
+    public_key = langfuse_public_key or env.get("LANGFUSE_PUBLIC_KEY")
+    secret_key = langfuse_secret_key or env.get("LANGFUSE_SECRET_KEY")
+    host = (
+        langfuse_host
+        or env.get("LANGFUSE_BASE_URL")
+        or env.get("LANGFUSE_HOST")
+        or "https://cloud.langfuse.com"
+    ).rstrip("/")
+    if public_key and secret_key:
+        if _valid_url(host):
+            destinations.append(
+                Destination(
+                    "langfuse",
+                    f"{host}/api/public/otel/v1/traces",
+                    {"public_key": public_key, "secret_key": secret_key},
+                )
+            )
+        else:
+            problems.append(f"LANGFUSE_HOST {host!r} is not an http(s) URL")
+    elif public_key or secret_key:
+        missing = "LANGFUSE_SECRET_KEY" if public_key else "LANGFUSE_PUBLIC_KEY"
+        problems.append(f"Langfuse key pair incomplete: {missing} is not set")
+
+    api_key = lemma_api_key or env.get("LEMMA_API_KEY")
+    project_id = lemma_project_id or env.get("LEMMA_PROJECT_ID")
+    url = lemma_url or env.get("LEMMA_BASE_URL") or LEMMA_DEFAULT_URL
+    if api_key and project_id:
+        try:
+            project_id = str(uuid.UUID(project_id.strip()))
+        except ValueError:
+            problems.append(
+                f"LEMMA_PROJECT_ID {project_id!r} is not a UUID (Lemma answers 400); "
+                "Lemma export is off"
+            )
+        else:
+            if _valid_url(url):
+                destinations.append(
+                    Destination(
+                        "lemma",
+                        url,
+                        {"Authorization": f"Bearer {api_key}", "X-Lemma-Project-ID": project_id},
+                    )
+                )
+            else:
+                problems.append(f"LEMMA_BASE_URL {url!r} is not an http(s) URL")
+    elif api_key or project_id:
+        missing = "LEMMA_PROJECT_ID" if api_key else "LEMMA_API_KEY"
+        problems.append(f"Lemma configuration incomplete: {missing} is not set")
+
+    endpoint = otlp_endpoint or env.get("LEMMA_OTLP_ENDPOINT")
+    if endpoint:
+        if _valid_url(endpoint):
+            headers = dict(otlp_headers or _parse_headers(env.get("LEMMA_OTLP_HEADERS")))
+            destinations.append(Destination("otlp", endpoint, headers))
+        else:
+            problems.append(f"LEMMA_OTLP_ENDPOINT {endpoint!r} is not an http(s) URL")
+    return destinations, problems
+
+
+def _otlp_exporter(destination: Destination, timeout: float) -> OTLPSpanExporter:
+    return OTLPSpanExporter(
+        endpoint=destination.endpoint,
+        headers=dict(destination.headers),
+        timeout=timeout,
+        compression=Compression.Gzip,
+    )
+
+
+class ExportFilter:
+    """Decides, like the Langfuse span processor, whether a span is exported."""
+
+    def __init__(self, public_key: str, should_export: ShouldExport | None = None) -> None:
+        self.public_key = public_key
+        self.should_export = should_export or is_default_export_span
+
+    def __call__(self, span: ReadableSpan) -> bool:
+        if is_langfuse_span(span):
+            scope = span.instrumentation_scope
+            attributes = scope.attributes if scope is not None else None
+            return bool(attributes) and attributes.get("public_key") == self.public_key
+        try:
+            return bool(self.should_export(span))
+        except Exception:
+            return False
+
+
+class DestinationProcessor(BatchSpanProcessor):
+    """A batch processor for one extra destination, exporting what Langfuse would."""
+
+    def __init__(self, exporter: SpanExporter, exported: ExportFilter, **kwargs: Any) -> None:
+        super().__init__(exporter, **kwargs)
+        self._exported = exported
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if self._exported(span):
+            super().on_end(span)
+
+
+class ExportedAncestryProcessor(SpanProcessor):
+    """Keeps the exported tree whole: an exported span whose parent is never exported
+    (FastAPI's native telemetry spans, OpenTelemetry ASGI server spans, ...) is re-parented
+    to the nearest exported ancestor, or to the request's root.
+
+    It must run before the Langfuse span processor, which marks spans without an exported
+    parent as trace roots.
+    """
+
+    def __init__(
+        self, exported: ExportFilter, request_root: Callable[[], SpanContext | None]
+    ) -> None:
+        self._exported = exported
+        self._request_root = request_root
+        self._substitute: dict[int, SpanContext] = {}
+
+    def _nearest_exported(self, span: Span, parent_context: Context | None) -> SpanContext | None:
+        parent = span.parent
+        if parent is None or parent.is_remote:
+            return None
+        parent_span = otel_trace.get_current_span(parent_context)
+        if not isinstance(parent_span, ReadableSpan):
+            return None  # non-recording parents carry their own parent's context
+        if parent_span.get_span_context().span_id != parent.span_id:
+            return None
+        if self._exported(parent_span):
+            return parent
+        substitute = self._substitute.get(parent.span_id)
+        if substitute is not None:
+            return substitute
+        root = self._request_root()
+        if root is not None and root.trace_id == parent.trace_id:
+            return root
+        return None
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        if span.parent is None:
+            return
+        try:
+            nearest = self._nearest_exported(span, parent_context)
+            if nearest is None:
+                return
+            if not self._exported(span):
+                self._substitute[span.context.span_id] = nearest
+            elif nearest.span_id != span.parent.span_id:
+                span._parent = nearest
+        except Exception:  # never break span creation
+            logger.debug("lemma_middleware: ancestry check failed", exc_info=True)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        context = span.context
+        if context is not None:
+            self._substitute.pop(context.span_id, None)
+
+
+_clients: dict[tuple[Any, ...], Langfuse] = {}
+_clients_lock = threading.Lock()
+
+
+def _ensure_provider(
+    tracer_provider: TracerProvider | None, service_name: str | None, release: str | None
+) -> TracerProvider:
+    if tracer_provider is not None:
+        return tracer_provider
+    current = otel_trace.get_tracer_provider()
+    if isinstance(current, TracerProvider):
+        logger.info(
+            "lemma_middleware: adding the export to the existing global TracerProvider "
+            "(its resource, incl. service.name, is kept)"
+        )
+        return current
+    attributes: dict[str, Any] = {}
+    if service_name and not os.environ.get("OTEL_SERVICE_NAME"):
+        attributes["service.name"] = service_name
+    if release:
+        attributes["service.version"] = release
+    provider = TracerProvider(resource=Resource.create(attributes))
+    otel_trace.set_tracer_provider(provider)
+    return provider
+
+
+def build_client(
+    *,
+    service_name: str | None = None,
+    environment: str | None = None,
+    release: str | None = None,
+    lemma_api_key: str | None = None,
+    lemma_project_id: str | None = None,
+    lemma_url: str | None = None,
+    langfuse_public_key: str | None = None,
+    langfuse_secret_key: str | None = None,
+    langfuse_host: str | None = None,
+    otlp_endpoint: str | None = None,
+    otlp_headers: Mapping[str, str] | None = None,
+    span_exporter: SpanExporter | None = None,
+    tracer_provider: TracerProvider | None = None,
+    public_key: str | None = None,
+    timeout: float = 5.0,
+    flush_interval: float | None = None,
+) -> Langfuse | None:
+    """A Langfuse client exporting to every configured destination, or None if there is none.
+
+    ``span_exporter`` (with a distinct ``public_key``) replaces all destinations, e.g. an
+    in-memory exporter in tests. Clients are built once per configuration and reused.
+    Without ``tracer_provider``, the global provider is used if one is set, else a new one
+    (resource ``service.name``) is created and made global, so that OpenTelemetry
+    instrumentations (LLM clients, FastAPI) reach the same export.
+    """
+    destinations, problems = resolve_destinations(
+        lemma_api_key=lemma_api_key,
+        lemma_project_id=lemma_project_id,
+        lemma_url=lemma_url,
+        langfuse_public_key=langfuse_public_key,
+        langfuse_secret_key=langfuse_secret_key,
+        langfuse_host=langfuse_host,
+        otlp_endpoint=otlp_endpoint,
+        otlp_headers=otlp_headers,
+    )
+    for problem in problems:
+        logger.error("lemma_middleware: misconfiguration: %s", problem)
+    if span_exporter is None and not destinations:
+        return None
+
+    key = (
+        tuple(destinations),
+        id(span_exporter),
+        id(tracer_provider),
+        public_key,
+        service_name,
+        environment,
+        release,
+    )
+    with _clients_lock:
+        client = _clients.get(key)
+        if client is not None:
+            return client
+        provider = _ensure_provider(tracer_provider, service_name, release)
+
+        langfuse_destination = next((d for d in destinations if d.name == "langfuse"), None)
+        extra = [d for d in destinations if d is not langfuse_destination]
+        langfuse_kwargs: dict[str, Any] = {}
+        if span_exporter is not None:
+            pk = public_key or f"lemma-mw-{id(span_exporter):x}"
+            langfuse_kwargs = {"public_key": pk, "secret_key": "unused", "span_exporter": span_exporter}
+            extra = []
+        elif langfuse_destination is not None:
+            pk = langfuse_destination.headers["public_key"]
+            langfuse_kwargs = {
+                "public_key": pk,
+                "secret_key": langfuse_destination.headers["secret_key"],
+                "base_url": langfuse_destination.endpoint.removesuffix("/api/public/otel/v1/traces"),
+            }
+        else:
+            primary = extra.pop(0)
+            digest = hashlib.sha256(repr(primary).encode()).hexdigest()[:12]
+            pk = public_key or f"lemma-mw-{primary.name}-{digest}"
+            langfuse_kwargs = {
+                "public_key": pk,
+                "secret_key": "unused",
+                "span_exporter": _otlp_exporter(primary, timeout),
+            }
+
+        exported = ExportFilter(pk)
+        from .tracing import current_root_context
+
+        provider.add_span_processor(ExportedAncestryProcessor(exported, current_root_context))
+        client = Langfuse(
+            tracer_provider=provider,
+            environment=environment,
+            release=release,
+            timeout=int(timeout),
+            flush_interval=flush_interval,
+            **langfuse_kwargs,
+        )
+        from .tracing import RequestScopeProcessor
+
+        provider.add_span_processor(RequestScopeProcessor())
+        for destination in extra:
+            provider.add_span_processor(
+                DestinationProcessor(
+                    _otlp_exporter(destination, timeout),
+                    exported,
+                    schedule_delay_millis=(flush_interval or 1.0) * 1000,
+                    export_timeout_millis=timeout * 1000,
+                )
+            )
+        names = ", ".join(d.name for d in destinations) or "injected exporter"
+        logger.info("lemma_middleware: exporting traces to %s", names)
+        _clients[key] = client
+        return client
+
+
+def is_enabled(client: Langfuse | None) -> bool:
+    """True when ``client`` records and exports spans."""
+    return client is not None and getattr(client, "_resources", None) is not None and bool(
+        getattr(client, "_tracing_enabled", False)
+    )

@@ -1,0 +1,151 @@
+"""Who a request belongs to: header lookup, validation and normalisation of ids.
+
+Rules (the same for ASGI and WSGI, and for values passed to :func:`bind`):
+
+* surrounding whitespace is stripped; an empty value counts as absent;
+* a value containing a control character (``\\x00``-``\\x1f``, ``\\x7f``) is rejected
+  (treated as absent) and logged once per field;
+* a value of printable ASCII of at most 200 characters is kept exactly;
+* anything else (longer, or non-ASCII) is normalised to
+  ``<percent-encoded prefix, at most 100 chars>~<sha256 hex of the value>``: at most 165
+  characters, ASCII, the same for the same input and distinct for distinct inputs, so
+  the conversation still groups in Lemma although Langfuse would drop the raw value.
+  Each field logs this once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+logger = logging.getLogger("lemma_middleware")
+
+MAX_ID_LENGTH = 200
+_PREFIX_LENGTH = 100
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+_PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]*")
+
+_logged_once: set[str] = set()
+
+
+def log_once(key: str, level: int, message: str, *args: object) -> None:
+    """Log ``message`` the first time ``key`` is seen in this process."""
+    if key in _logged_once:
+        return
+    _logged_once.add(key)
+    logger.log(level, message, *args)
+
+
+def normalise_id(value: object, field_name: str) -> str | None:
+    """Return ``value`` as an id Langfuse keeps, or None when it is absent or rejected."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        value = str(value)
+    value = value.strip()
+    if not value:
+        return None
+    if _CONTROL_CHARS.search(value):
+        log_once(
+            f"control:{field_name}",
+            logging.WARNING,
+            "lemma_middleware: rejected a %s containing control characters; "
+            "the trace is recorded without it (logged once)",
+            field_name,
+        )
+        return None
+    if len(value) <= MAX_ID_LENGTH and _PRINTABLE_ASCII.fullmatch(value):
+        return value
+    log_once(
+        f"normalised:{field_name}",
+        logging.INFO,
+        "lemma_middleware: a %s longer than %d characters or not ASCII was normalised to "
+        "'<prefix>~<sha256>' so that Langfuse keeps it (logged once)",
+        field_name,
+        MAX_ID_LENGTH,
+    )
+    digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
+    prefix = quote(value, safe="")[:_PREFIX_LENGTH]
+    return f"{prefix}~{digest}"
+
+
+HeaderNames = str | Sequence[str] | None
+
+
+def header_names(option: HeaderNames) -> tuple[str, ...]:
+    """Compile a header option (a name, names tried in order, or None) to lower-case names."""
+    if option is None:
+        return ()
+    if isinstance(option, str):
+        option = (option,)
+    return tuple(name.strip().lower() for name in option if name.strip())
+
+
+def first_header(headers: Mapping[str, str], names: Iterable[str]) -> str | None:
+    """The first present, non-empty value among ``names`` in lower-cased ``headers``."""
+    for name in names:
+        value = headers.get(name)
+        if value is not None and value.strip():
+            return value
+    return None
+
+
+@dataclass
+class Identity:
+    """The conversation, user, tenant and extra metadata a request belongs to."""
+
+    thread_id: str | None = None
+    user_id: str | None = None
+    tenant_id: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def merge(
+        self,
+        *,
+        thread_id: object = None,
+        user_id: object = None,
+        tenant_id: object = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """Overlay non-empty values (normalised); return True when anything changed."""
+        changed = False
+        for name, raw in (("thread_id", thread_id), ("user_id", user_id), ("tenant_id", tenant_id)):
+            value = normalise_id(raw, name)
+            if value is not None and value != getattr(self, name):
+                setattr(self, name, value)
+                changed = True
+        if metadata:
+            for key, value in metadata.items():
+                if value is not None and self.metadata.get(key) != value:
+                    self.metadata[str(key)] = value
+                    changed = True
+        return changed
+
+
+IdentityResolver = Callable[[Any], Mapping[str, Any] | None]
+"""A callable of the request returning any of ``thread_id``, ``user_id``, ``tenant_id``,
+``metadata``; None or missing keys leave the header values in place."""
+
+
+def user_id_from_auth_user(user: object) -> str | None:
+    """The id of an authenticated user object (Starlette ``request.user``, Flask-Login)."""
+    if user is None or not getattr(user, "is_authenticated", False):
+        return None
+    for attribute in ("identity", "id", "user_id", "username", "display_name"):
+        try:
+            value = getattr(user, attribute, None)
+            if callable(value):
+                value = value()
+        except Exception:  # e.g. BaseUser.identity raises NotImplementedError
+            continue
+        if value is not None and value != "":
+            return str(value)
+    get_id = getattr(user, "get_id", None)
+    if callable(get_id):
+        return str(get_id())
+    return None
