@@ -306,7 +306,7 @@ def build_client(
         return None
 
     key = (
-        tuple(destinations),
+        tuple((d.name, d.endpoint, tuple(sorted(d.headers.items()))) for d in destinations),
         id(span_exporter),
         id(tracer_provider),
         public_key,
@@ -358,7 +358,7 @@ def build_client(
         )
         from .tracing import RequestScopeProcessor
 
-        provider.add_span_processor(RequestScopeProcessor())
+        provider.add_span_processor(RequestScopeProcessor(exported))
         for destination in extra:
             provider.add_span_processor(
                 DestinationProcessor(

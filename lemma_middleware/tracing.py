@@ -16,11 +16,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from langfuse import Langfuse, propagate_attributes
+from opentelemetry import baggage
 from opentelemetry import context as otel_context
 from opentelemetry import trace as otel_trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
-from opentelemetry.trace import SpanContext
+from opentelemetry.trace import INVALID_SPAN, SpanContext
 
 from .capture import BodyCapture, Redactor, query_dict, render_body
 from .export import ExportedAncestryProcessor, ExportFilter, build_client, is_enabled
@@ -207,13 +208,19 @@ class Tracing:
         self.trace_id_header = trace_id_header.lower().encode("latin-1") if trace_id_header else None
         self.continue_upstream_trace = continue_upstream_trace
 
-        if langfuse is None:
-            service = service_name or (self.agent_name if isinstance(self.agent_name, str) else None)
-            langfuse = build_client(
-                service_name=service, environment=self.environment, release=self.release
-            )
-        else:
-            install_processors(langfuse)
+        try:
+            if langfuse is None:
+                service = service_name or (
+                    self.agent_name if isinstance(self.agent_name, str) else None
+                )
+                langfuse = build_client(
+                    service_name=service, environment=self.environment, release=self.release
+                )
+            else:
+                install_processors(langfuse)
+        except Exception:
+            logger.exception("lemma_middleware: setting up export failed; tracing is off")
+            langfuse = None
         self.langfuse = langfuse
         self.enabled = is_enabled(langfuse)
         if not self.enabled:
@@ -312,7 +319,11 @@ class RequestTrace:
 
         client = tracing.langfuse
         assert client is not None
-        token = otel_context.attach(Context())  # a fresh trace, never a child of whatever ran
+        # A fresh trace, never a child of whatever span is current (FastAPI's or OpenTelemetry
+        # ASGI's server span, a span from upstream); baggage is dropped too. Other context
+        # values (FastAPI's per-request telemetry) are kept.
+        fresh = otel_trace.set_span_in_context(INVALID_SPAN, baggage.clear(otel_context.get_current()))
+        token = otel_context.attach(fresh)
         try:
             self.root = client.start_observation(
                 trace_context=trace_context, name=self.agent_name, as_type="agent"
@@ -332,7 +343,7 @@ class RequestTrace:
                 root_attributes["langfuse.trace.metadata.upstream.trace_id"] = _json(upstream.group(1))
                 root_attributes["langfuse.trace.metadata.upstream.span_id"] = _json(upstream.group(2))
             span.set_attributes(root_attributes)
-            base_token = otel_context.attach(otel_trace.set_span_in_context(span, Context()))
+            base_token = otel_context.attach(otel_trace.set_span_in_context(span, fresh))
             try:
                 # Entered once: it writes the attributes on the root, and the context it
                 # builds is kept and re-attached wherever the request's code runs.
@@ -352,7 +363,6 @@ class RequestTrace:
         finally:
             otel_context.detach(token)
         self.child_attributes = self._raw_identity_attributes(identity)
-        self.child_attributes["gen_ai.agent.name"] = self.agent_name
 
     # identity -----------------------------------------------------------------
 
@@ -419,7 +429,6 @@ class RequestTrace:
         """Apply a late identity (bind(), auth user) to the root and to later children."""
         attributes = self._identity_attributes(self.identity())
         self.span.set_attributes(attributes)
-        attributes["gen_ai.agent.name"] = self.agent_name
         self.child_attributes = attributes
 
     def bind(self, **values: Any) -> None:
@@ -591,8 +600,12 @@ def current_root_context() -> SpanContext | None:
 
 
 class RequestScopeProcessor(SpanProcessor):
-    """Gives every span started inside a traced request the raw Lemma keys and any
-    identity bound late (bind(), auth user). Runs after the Langfuse span processor."""
+    """Gives every exported span started inside a traced request the raw Lemma keys and
+    any identity bound late (bind(), auth user). Runs after the Langfuse span processor.
+    Spans that are not exported (a framework's own) are left untouched."""
+
+    def __init__(self, exported: ExportFilter) -> None:
+        self._exported = exported
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         active = otel_context.get_value(_ACTIVE_KEY, parent_context)
@@ -601,6 +614,8 @@ class RequestScopeProcessor(SpanProcessor):
         if span.context.trace_id != active.span_context.trace_id:
             return
         try:
+            if not self._exported(span):
+                return
             active.on_child_start(span)
         except Exception:
             logger.debug("lemma_middleware: request scope failed", exc_info=True)
@@ -623,7 +638,7 @@ def install_processors(client: Langfuse) -> None:
         multi = provider._active_span_processor
         with multi._lock:
             multi._span_processors = (ancestry, *multi._span_processors)
-        provider.add_span_processor(RequestScopeProcessor())
+        provider.add_span_processor(RequestScopeProcessor(exported))
         provider._lemma_processors = True
     except Exception as error:
         logger.warning("lemma_middleware: could not install span processors: %s", error)

@@ -1,0 +1,115 @@
+"""The quick-start demo: the FastAPI support agent under real uvicorn, sending real traces
+to a local receiver on 127.0.0.1 (no account, no internet), then what arrived.
+
+Run: ``./dev demo`` (or ``python -m examples.demo`` inside the project's venv).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import defaultdict
+
+import httpx
+
+from lemma_middleware.receiver import OTLPReceiver, ReceivedSpan
+
+PUBLIC_KEY, SECRET_KEY = "pk-lf-demo", "sk-lf-demo"
+
+SCRIPT = [
+    # (token, thread, message, streaming)
+    ("token-alice", "thread-alice-1", "Hi, my order arrived broken", False),
+    ("token-alice", "thread-alice-1", "I would like a refund", True),
+    ("token-alice", "thread-alice-1", "Thanks!", False),
+    ("token-bob", "thread-bob-1", "Where is my parcel?", False),
+    ("token-bob", "thread-bob-1", "crash", False),
+    ("token-bob", "thread-bob-1", "Never mind, found it", False),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until_up(url: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(url, timeout=0.5)
+            return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def play(base_url: str) -> None:
+    # One connection per turn: uvicorn closes a connection after an unhandled exception.
+    for token, thread, message, streaming in SCRIPT:
+        with httpx.Client(base_url=base_url, timeout=10) as client:
+            headers = {
+                "authorization": f"Bearer {token}",
+                "x-conversation-id": thread,
+                "x-tenant-id": "acme",
+            }
+            path = "/chat/stream" if streaming else "/chat"
+            response = client.post(path, json={"message": message}, headers=headers)
+            print(f"  {thread} {message!r:34} -> {response.status_code} trace {response.headers.get('x-trace-id')}")
+
+
+def summarise(spans: list[ReceivedSpan]) -> None:
+    by_trace: dict[str, list[ReceivedSpan]] = defaultdict(list)
+    for span in spans:
+        by_trace[span.trace_id].append(span)
+    roots = sorted(
+        (s for s in spans if s.parent_span_id is None), key=lambda s: s.start_ns
+    )
+    print(f"\nreceived {len(spans)} spans in {len(by_trace)} traces")
+    for root in roots:
+        a = root.attributes
+        children = [s.name for s in by_trace[root.trace_id] if s is not root]
+        print(
+            f"  thread={a.get('session.id')} user={a.get('user.id')} "
+            f"tenant={a.get('app.tenant.id')} agent={a.get('langfuse.trace.name')} "
+            f"service={root.resource.get('service.name')} level={a.get('langfuse.observation.level', 'DEFAULT')}"
+        )
+        print(f"    input : {str(a.get('langfuse.trace.input'))[:80]}")
+        print(f"    output: {str(a.get('langfuse.trace.output', a.get('langfuse.observation.status_message')))[:80]}")
+        print(f"    children: {children}")
+
+
+def main() -> int:
+    receiver = OTLPReceiver(keys={PUBLIC_KEY: SECRET_KEY}).start()
+    port = free_port()
+    env = {
+        **os.environ,
+        "LANGFUSE_PUBLIC_KEY": os.environ.get("LANGFUSE_PUBLIC_KEY", PUBLIC_KEY),
+        "LANGFUSE_SECRET_KEY": os.environ.get("LANGFUSE_SECRET_KEY", SECRET_KEY),
+        "LANGFUSE_HOST": os.environ.get("LANGFUSE_HOST", receiver.base_url),
+    }
+    print(f"local receiver on {receiver.base_url}; starting uvicorn on 127.0.0.1:{port}")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "examples.fastapi_app.app:app",
+         "--host", "127.0.0.1", "--port", str(port), "--log-level", "critical"],
+        env=env,
+    )
+    try:
+        wait_until_up(f"http://127.0.0.1:{port}/health")
+        play(f"http://127.0.0.1:{port}")
+    finally:
+        server.send_signal(signal.SIGTERM)  # lifespan shutdown flushes pending traces
+        server.wait(timeout=30)
+    receiver.wait_for(lambda spans: sum(s.parent_span_id is None for s in spans) >= len(SCRIPT), 10)
+    summarise(receiver.spans)
+    receiver.stop()
+    roots = [s for s in receiver.spans if s.parent_span_id is None]
+    return 0 if len(roots) == len(SCRIPT) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
