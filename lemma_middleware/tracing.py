@@ -334,11 +334,9 @@ class RequestTrace:
             self.trace_id = format(self.span_context.trace_id, "032x")
             identity = self.identity()
             root_attributes: dict[str, Any] = {"gen_ai.agent.name": self.agent_name}
-            if tracing.environment:
-                root_attributes["deployment.environment.name"] = tracing.environment
             if tracing.release or tracing.version:
                 root_attributes["service.version"] = tracing.release or tracing.version
-            root_attributes.update(self._raw_identity_attributes(identity))
+            root_attributes.update(self._raw_attributes(identity))
             if upstream:
                 root_attributes["langfuse.trace.metadata.upstream.trace_id"] = _json(upstream.group(1))
                 root_attributes["langfuse.trace.metadata.upstream.span_id"] = _json(upstream.group(2))
@@ -362,7 +360,7 @@ class RequestTrace:
                 otel_context.detach(base_token)
         finally:
             otel_context.detach(token)
-        self.child_attributes = self._raw_identity_attributes(identity)
+        self.child_attributes = self._raw_attributes(identity)
 
     # identity -----------------------------------------------------------------
 
@@ -405,18 +403,22 @@ class RequestTrace:
             metadata["deployment.environment.name"] = self.tracing.environment
         return metadata
 
-    @staticmethod
-    def _raw_identity_attributes(identity: Identity) -> dict[str, Any]:
+    def _raw_attributes(self, identity: Identity) -> dict[str, Any]:
+        """Keys Lemma reads besides Langfuse's own, written on the root and on children."""
         attributes: dict[str, Any] = {}
         if identity.thread_id:
             attributes["lemma.thread_id"] = identity.thread_id
         if identity.tenant_id:
             attributes["app.tenant.id"] = identity.tenant_id
+        if self.tracing.environment:
+            attributes["deployment.environment.name"] = self.tracing.environment
+        if self.tracing.release:
+            attributes["langfuse.release"] = self.tracing.release
         return attributes
 
     def _identity_attributes(self, identity: Identity) -> dict[str, Any]:
         """Span attributes carrying ``identity`` (the keys propagate_attributes writes)."""
-        attributes = self._raw_identity_attributes(identity)
+        attributes = self._raw_attributes(identity)
         if identity.user_id:
             attributes["user.id"] = identity.user_id
         if identity.thread_id:
@@ -516,7 +518,7 @@ class RequestTrace:
         tracing = self.tracing
         if self._auth_pending and self._check_auth_user():
             self.refresh_identity()
-        limit = max(tracing.max_body_bytes, 1024)
+        limit = max(tracing.max_body_bytes, 1024) + 200  # room for a truncation marker
         attributes: dict[str, Any] = {}
 
         recorded_input: Any = None
