@@ -87,10 +87,19 @@ def header_names(option: HeaderNames) -> tuple[str, ...]:
 
 
 def first_header(headers: Mapping[str, str], names: Iterable[str]) -> str | None:
-    """The first present, non-empty value among ``names`` in lower-cased ``headers``."""
+    """The first present, non-empty value among ``names`` in lower-cased ``headers``.
+
+    ASGI and WSGI hand header bytes over as latin-1 text; a value whose bytes are UTF-8
+    (what clients send for non-ASCII ids) is read as UTF-8.
+    """
     for name in names:
         value = headers.get(name)
         if value is not None and value.strip():
+            if not value.isascii():
+                try:
+                    value = value.encode("latin-1").decode("utf-8")
+                except UnicodeError:
+                    pass
             return value
     return None
 

@@ -1,0 +1,146 @@
+"""Real uvicorn, real HTTP export by the Langfuse SDK, real OTLP protobuf on 127.0.0.1."""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from lemma_middleware import resolve_destinations
+from lemma_middleware.receiver import OTLPReceiver
+
+ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ID = "5b0c7b3e-8f6d-4a43-9d0e-3f1f6f2b9a11"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def serve(env: dict[str, str]) -> Iterator[str]:
+    port = free_port()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("LANGFUSE_", "LEMMA_"))}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "examples.fastapi_app.app:app", "--host", "127.0.0.1",
+         "--port", str(port), "--log-level", "critical"],
+        cwd=ROOT, env={**clean, **env},
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            httpx.get(f"{url}/health", timeout=0.5)
+            break
+        except httpx.TransportError:
+            assert time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.1)
+    try:
+        yield url
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) in (0, -signal.SIGTERM)  # uvicorn re-raises SIGTERM
+
+
+@pytest.fixture
+def receiver() -> Iterator[OTLPReceiver]:
+    with OTLPReceiver(keys={"pk-e2e": "sk-e2e"}, bearer="lemma-key") as r:
+        yield r
+
+
+def chat(url: str, message: str, thread: str, stream: bool = False) -> httpx.Response:
+    return httpx.post(
+        f"{url}/chat/stream" if stream else f"{url}/chat",
+        json={"message": message},
+        headers={"authorization": "Bearer token-alice", "x-conversation-id": thread, "x-tenant-id": "acme"},
+        timeout=10,
+    )
+
+
+def test_example_under_uvicorn_exports_real_protobuf_to_langfuse_endpoint(receiver: OTLPReceiver) -> None:
+    env = {"LANGFUSE_PUBLIC_KEY": "pk-e2e", "LANGFUSE_SECRET_KEY": "sk-e2e", "LANGFUSE_HOST": receiver.base_url}
+    for url in serve(env):
+        assert chat(url, "hello", "thread-1").status_code == 200
+        assert chat(url, "refund please", "thread-1", stream=True).status_code == 200
+    assert receiver.wait_for(lambda spans: len(spans) >= 4, 10)
+    (request, *_) = receiver.requests
+    assert request.path == "/api/public/otel/v1/traces"
+    assert request.content_type == "application/x-protobuf"
+    assert request.headers["authorization"] == "Basic " + base64.b64encode(b"pk-e2e:sk-e2e").decode()
+    roots = [s for s in receiver.spans if s.parent_span_id is None]
+    assert len(roots) == 2
+    ids = {s.span_id for s in receiver.spans}
+    for span in receiver.spans:
+        assert span.parent_span_id is None or span.parent_span_id in ids
+        assert span.resource["service.name"] == "support-agent"
+    for root in roots:
+        a = root.attributes
+        assert a["session.id"] == "thread-1" and a["user.id"] == "alice" and a["app.tenant.id"] == "acme"
+        assert a["langfuse.trace.name"] == "support-agent"
+        assert a["langfuse.trace.input"] and a["langfuse.trace.output"]
+        assert "token-alice" not in str(a)
+    streamed = next(r for r in roots if "refund" in r.attributes["langfuse.trace.input"])
+    assert streamed.attributes["langfuse.trace.output"].startswith("I have opened a refund")
+
+
+def test_lemma_and_langfuse_at_once_each_with_their_own_auth(receiver: OTLPReceiver) -> None:
+    env = {
+        "LANGFUSE_PUBLIC_KEY": "pk-e2e", "LANGFUSE_SECRET_KEY": "sk-e2e", "LANGFUSE_HOST": receiver.base_url,
+        "LEMMA_API_KEY": "lemma-key", "LEMMA_PROJECT_ID": PROJECT_ID,
+        "LEMMA_BASE_URL": f"{receiver.base_url}/otel/v1/traces",
+    }
+    for url in serve(env):
+        assert chat(url, "hello", "thread-2").status_code == 200
+    assert receiver.wait_for(lambda spans: len(spans) >= 4, 10)
+    by_path = {r.path: r for r in receiver.requests}
+    assert set(by_path) == {"/api/public/otel/v1/traces", "/otel/v1/traces"}
+    lemma = by_path["/otel/v1/traces"]
+    assert lemma.headers["authorization"] == "Bearer lemma-key"
+    assert lemma.headers["x-lemma-project-id"] == PROJECT_ID
+    assert lemma.content_type == "application/x-protobuf" and lemma.gzip
+    for request in receiver.requests:
+        names = sorted(s.name for s in request.spans)
+        assert names == ["fake-llm", "support-agent"]
+
+
+def test_lemma_only_needs_no_langfuse_account(receiver: OTLPReceiver) -> None:
+    env = {"LEMMA_API_KEY": "lemma-key", "LEMMA_PROJECT_ID": PROJECT_ID, "LEMMA_BASE_URL": f"{receiver.base_url}/otel/v1/traces"}
+    for url in serve(env):
+        assert chat(url, "hello", "thread-3").status_code == 200
+    assert receiver.wait_for(lambda spans: len(spans) >= 2, 10)
+    assert {r.path for r in receiver.requests} == {"/otel/v1/traces"}
+
+
+def test_langfuse_unreachable_costs_the_requests_nothing() -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    env = {"LANGFUSE_PUBLIC_KEY": "pk-e2e", "LANGFUSE_SECRET_KEY": "sk-e2e", "LANGFUSE_HOST": dead, "LANGFUSE_FLUSH_INTERVAL": "0.05"}
+    started = time.monotonic()
+    for url in serve(env):
+        durations = []
+        for i in range(20):
+            t0 = time.monotonic()
+            assert chat(url, f"hello {i}", "thread-4").status_code == 200
+            durations.append(time.monotonic() - t0)
+        assert max(durations) < 1.0, durations
+    assert time.monotonic() - started < 40  # shutdown's flush is bounded too
+
+
+def test_misconfiguration_is_reported_and_that_destination_left_out() -> None:
+    destinations, problems = resolve_destinations(
+        environ={"LEMMA_API_KEY": "k", "LEMMA_PROJECT_ID": "not-a-uuid", "LANGFUSE_PUBLIC_KEY": "pk"}
+    )
+    assert destinations == []
+    assert any("not a UUID" in p for p in problems)
+    assert any("LANGFUSE_SECRET_KEY is not set" in p for p in problems)
+    destinations, problems = resolve_destinations(environ={"LEMMA_OTLP_ENDPOINT": "http://collector:4318/v1/traces", "LEMMA_OTLP_HEADERS": "x-team=a,x-env=b"})
+    assert problems == [] and destinations[0].headers == {"x-team": "a", "x-env": "b"}
