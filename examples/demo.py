@@ -59,16 +59,15 @@ def play(base_url: str) -> None:
             }
             path = "/chat/stream" if streaming else "/chat"
             response = client.post(path, json={"message": message}, headers=headers)
-            print(f"  {thread} {message!r:34} -> {response.status_code} trace {response.headers.get('x-trace-id')}")
+            trace_id = response.headers.get("x-trace-id")
+            print(f"  {thread} {message!r:34} -> {response.status_code} trace {trace_id}")
 
 
 def summarise(spans: list[ReceivedSpan]) -> None:
     by_trace: dict[str, list[ReceivedSpan]] = defaultdict(list)
     for span in spans:
         by_trace[span.trace_id].append(span)
-    roots = sorted(
-        (s for s in spans if s.parent_span_id is None), key=lambda s: s.start_ns
-    )
+    roots = sorted((s for s in spans if s.parent_span_id is None), key=lambda s: s.start_ns)
     print(f"\nreceived {len(spans)} spans in {len(by_trace)} traces")
     for root in roots:
         a = root.attributes
@@ -76,10 +75,12 @@ def summarise(spans: list[ReceivedSpan]) -> None:
         print(
             f"  thread={a.get('session.id')} user={a.get('user.id')} "
             f"tenant={a.get('app.tenant.id')} agent={a.get('langfuse.trace.name')} "
-            f"service={root.resource.get('service.name')} level={a.get('langfuse.observation.level', 'DEFAULT')}"
+            f"service={root.resource.get('service.name')} "
+            f"level={a.get('langfuse.observation.level', 'DEFAULT')}"
         )
         print(f"    input : {str(a.get('langfuse.trace.input'))[:80]}")
-        print(f"    output: {str(a.get('langfuse.trace.output', a.get('langfuse.observation.status_message')))[:80]}")
+        output = a.get("langfuse.trace.output", a.get("langfuse.observation.status_message"))
+        print(f"    output: {str(output)[:80]}")
         print(f"    children: {children}")
 
 
@@ -94,8 +95,18 @@ def main() -> int:
     }
     print(f"local receiver on {receiver.base_url}; starting uvicorn on 127.0.0.1:{port}")
     server = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "examples.fastapi_app.app:app",
-         "--host", "127.0.0.1", "--port", str(port), "--log-level", "critical"],
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "examples.fastapi_app.app:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "critical",
+        ],
         env=env,
     )
     try:

@@ -125,9 +125,13 @@ class TracedExchange:
                     auth_user=lambda: scope.get("user"),
                 )
             )
-        except Exception as error:
-            log_once(f"asgi-start:{type(error).__name__}", logging.ERROR,
-                     "lemma_middleware: %r; request served untraced (logged once)", error)
+        except Exception as problem:
+            log_once(
+                f"asgi-start:{type(problem).__name__}",
+                logging.ERROR,
+                "lemma_middleware: %r; request served untraced (logged once)",
+                problem,
+            )
         trace = self.trace
         if trace is None:
             await self.app(scope, self.receive, self.send)

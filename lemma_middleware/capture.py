@@ -201,7 +201,9 @@ def render_body(
     data = capture.data()
     if media_type == "text/event-stream":
         text = sse_payloads(_decode(data))
-        return redactor.redact_text(text + (_truncation_marker(capture) if capture.truncated else ""))
+        return redactor.redact_text(
+            text + (_truncation_marker(capture) if capture.truncated else "")
+        )
     if capture.truncated:
         if _is_json(media_type) or _is_text(media_type) or media_type.endswith("urlencoded"):
             return redactor.redact_text(_decode(data)) + _truncation_marker(capture)

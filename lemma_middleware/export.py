@@ -163,7 +163,7 @@ class ExportFilter:
         if is_langfuse_span(span):
             scope = span.instrumentation_scope
             attributes = scope.attributes if scope is not None else None
-            return bool(attributes) and attributes.get("public_key") == self.public_key
+            return attributes is not None and attributes.get("public_key") == self.public_key
         try:
             return bool(self.should_export(span))
         except Exception:
@@ -325,14 +325,20 @@ def build_client(
         langfuse_kwargs: dict[str, Any] = {}
         if span_exporter is not None:
             pk = public_key or f"lemma-mw-{id(span_exporter):x}"
-            langfuse_kwargs = {"public_key": pk, "secret_key": "unused", "span_exporter": span_exporter}
+            langfuse_kwargs = {
+                "public_key": pk,
+                "secret_key": "unused",
+                "span_exporter": span_exporter,
+            }
             extra = []
         elif langfuse_destination is not None:
             pk = langfuse_destination.headers["public_key"]
             langfuse_kwargs = {
                 "public_key": pk,
                 "secret_key": langfuse_destination.headers["secret_key"],
-                "base_url": langfuse_destination.endpoint.removesuffix("/api/public/otel/v1/traces"),
+                "base_url": langfuse_destination.endpoint.removesuffix(
+                    "/api/public/otel/v1/traces"
+                ),
             }
         else:
             primary = extra.pop(0)
@@ -376,6 +382,8 @@ def build_client(
 
 def is_enabled(client: Langfuse | None) -> bool:
     """True when ``client`` records and exports spans."""
-    return client is not None and getattr(client, "_resources", None) is not None and bool(
-        getattr(client, "_tracing_enabled", False)
+    return (
+        client is not None
+        and getattr(client, "_resources", None) is not None
+        and bool(getattr(client, "_tracing_enabled", False))
     )

@@ -15,6 +15,7 @@ Rules (the same for ASGI and WSGI, and for values passed to :func:`bind`):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import re
@@ -96,10 +97,8 @@ def first_header(headers: Mapping[str, str], names: Iterable[str]) -> str | None
         value = headers.get(name)
         if value is not None and value.strip():
             if not value.isascii():
-                try:
+                with contextlib.suppress(UnicodeError):
                     value = value.encode("latin-1").decode("utf-8")
-                except UnicodeError:
-                    pass
             return value
     return None
 

@@ -218,9 +218,7 @@ class OTLPReceiver:
         except Exception as error:
             return self._reject(handler, 400, str(error)[:200])
         with self._changed:
-            self.requests.append(
-                ReceivedRequest(path, headers, content_type, compressed, spans)
-            )
+            self.requests.append(ReceivedRequest(path, headers, content_type, compressed, spans))
             self._changed.notify_all()
         if self.on_spans is not None:
             self.on_spans(spans)

@@ -13,7 +13,7 @@ import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from langfuse import Langfuse, propagate_attributes
 from opentelemetry import baggage
@@ -168,9 +168,7 @@ class Tracing:
                 self.agent_name,
             )
         if agent_name is None and not os.environ.get("LEMMA_AGENT_NAME"):
-            logger.warning(
-                "lemma_middleware: no agent_name and no LEMMA_AGENT_NAME; using 'agent'"
-            )
+            logger.warning("lemma_middleware: no agent_name and no LEMMA_AGENT_NAME; using 'agent'")
         self.thread_headers = header_names(thread_header)
         self.user_headers = header_names(user_header)
         self.tenant_headers = header_names(tenant_header)
@@ -205,7 +203,9 @@ class Tracing:
         self.redactor = Redactor(redact_fields)
         self.input_from = input_from
         self.output_from = output_from
-        self.trace_id_header = trace_id_header.lower().encode("latin-1") if trace_id_header else None
+        self.trace_id_header = (
+            trace_id_header.lower().encode("latin-1") if trace_id_header else None
+        )
         self.continue_upstream_trace = continue_upstream_trace
 
         try:
@@ -263,7 +263,7 @@ class Tracing:
                 "(logged once)",
                 type(error).__name__,
                 error,
-                )
+            )
             return None
 
     def flush(self) -> None:
@@ -296,7 +296,9 @@ class RequestTrace:
         self.layers["header"] = from_headers
         self._check_auth_user()
         if tracing.identity_resolver is not None:
-            resolved = _call_guarded("identity_resolver", tracing.identity_resolver, request.request)
+            resolved = _call_guarded(
+                "identity_resolver", tracing.identity_resolver, request.request
+            )
             if resolved:
                 layer = Identity()
                 layer.merge(
@@ -322,14 +324,16 @@ class RequestTrace:
         # A fresh trace, never a child of whatever span is current (FastAPI's or OpenTelemetry
         # ASGI's server span, a span from upstream); baggage is dropped too. Other context
         # values (FastAPI's per-request telemetry) are kept.
-        fresh = otel_trace.set_span_in_context(INVALID_SPAN, baggage.clear(otel_context.get_current()))
+        fresh = otel_trace.set_span_in_context(
+            INVALID_SPAN, baggage.clear(otel_context.get_current())
+        )
         token = otel_context.attach(fresh)
         try:
             self.root = client.start_observation(
                 trace_context=trace_context, name=self.agent_name, as_type="agent"
             )
-            span = self.root._otel_span
-            self.span: Span = span
+            span = cast(Span, self.root._otel_span)
+            self.span = span
             self.span_context: SpanContext = span.get_span_context()
             self.trace_id = format(self.span_context.trace_id, "032x")
             identity = self.identity()
@@ -338,8 +342,12 @@ class RequestTrace:
                 root_attributes["service.version"] = tracing.release or tracing.version
             root_attributes.update(self._raw_attributes(identity))
             if upstream:
-                root_attributes["langfuse.trace.metadata.upstream.trace_id"] = _json(upstream.group(1))
-                root_attributes["langfuse.trace.metadata.upstream.span_id"] = _json(upstream.group(2))
+                root_attributes["langfuse.trace.metadata.upstream.trace_id"] = _json(
+                    upstream.group(1)
+                )
+                root_attributes["langfuse.trace.metadata.upstream.span_id"] = _json(
+                    upstream.group(2)
+                )
             span.set_attributes(root_attributes)
             base_token = otel_context.attach(otel_trace.set_span_in_context(span, fresh))
             try:
@@ -630,8 +638,8 @@ def install_processors(client: Langfuse) -> None:
     """Add the ancestry and request-scope processors to a user-supplied client's provider
     (once). The ancestry processor has to run before Langfuse's own; private SDK state is
     touched for that, so a failure only logs."""
-    resources = getattr(client, "_resources", None)
-    provider = getattr(resources, "tracer_provider", None)
+    resources: Any = getattr(client, "_resources", None)
+    provider: Any = getattr(resources, "tracer_provider", None)
     if provider is None or getattr(provider, "_lemma_processors", False):
         return
     try:
@@ -667,7 +675,12 @@ def bind(
     try:
         active.bind(user_id=user_id, thread_id=thread_id, tenant_id=tenant_id, metadata=metadata)
     except Exception as error:
-        log_once(f"bind:{type(error).__name__}", logging.ERROR, "lemma_middleware: bind failed: %s", error)
+        log_once(
+            f"bind:{type(error).__name__}",
+            logging.ERROR,
+            "lemma_middleware: bind failed: %s",
+            error,
+        )
 
 
 def set_input(value: Any) -> None:

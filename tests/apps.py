@@ -14,7 +14,9 @@ from starlette.concurrency import run_in_threadpool
 from lemma_middleware import LemmaMiddleware, bind, set_input, set_output
 
 
-def make_app(client: Langfuse, *, telemetry: dict[str, Any] | None = None, **options: Any) -> FastAPI:
+def make_app(
+    client: Langfuse, *, telemetry: dict[str, Any] | None = None, **options: Any
+) -> FastAPI:
     app = FastAPI(telemetry=telemetry or {"tracing": False})
 
     @observe(name="llm-call", as_type="generation")

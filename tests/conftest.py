@@ -40,8 +40,7 @@ class Captured:
 
     def children(self, root: ReadableSpan) -> list[ReadableSpan]:
         return [
-            s for s in self.spans()
-            if s.context.trace_id == root.context.trace_id and s is not root
+            s for s in self.spans() if s.context.trace_id == root.context.trace_id and s is not root
         ]
 
 

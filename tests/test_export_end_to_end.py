@@ -32,9 +32,20 @@ def serve(env: dict[str, str]) -> Iterator[str]:
     port = free_port()
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("LANGFUSE_", "LEMMA_"))}
     process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "examples.fastapi_app.app:app", "--host", "127.0.0.1",
-         "--port", str(port), "--log-level", "critical"],
-        cwd=ROOT, env={**clean, **env},
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "examples.fastapi_app.app:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "critical",
+        ],
+        cwd=ROOT,
+        env={**clean, **env},
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 20
@@ -62,13 +73,23 @@ def chat(url: str, message: str, thread: str, stream: bool = False) -> httpx.Res
     return httpx.post(
         f"{url}/chat/stream" if stream else f"{url}/chat",
         json={"message": message},
-        headers={"authorization": "Bearer token-alice", "x-conversation-id": thread, "x-tenant-id": "acme"},
+        headers={
+            "authorization": "Bearer token-alice",
+            "x-conversation-id": thread,
+            "x-tenant-id": "acme",
+        },
         timeout=10,
     )
 
 
-def test_example_under_uvicorn_exports_real_protobuf_to_langfuse_endpoint(receiver: OTLPReceiver) -> None:
-    env = {"LANGFUSE_PUBLIC_KEY": "pk-e2e", "LANGFUSE_SECRET_KEY": "sk-e2e", "LANGFUSE_HOST": receiver.base_url}
+def test_example_under_uvicorn_exports_real_protobuf_to_langfuse_endpoint(
+    receiver: OTLPReceiver,
+) -> None:
+    env = {
+        "LANGFUSE_PUBLIC_KEY": "pk-e2e",
+        "LANGFUSE_SECRET_KEY": "sk-e2e",
+        "LANGFUSE_HOST": receiver.base_url,
+    }
     for url in serve(env):
         assert chat(url, "hello", "thread-1").status_code == 200
         assert chat(url, "refund please", "thread-1", stream=True).status_code == 200
@@ -76,7 +97,9 @@ def test_example_under_uvicorn_exports_real_protobuf_to_langfuse_endpoint(receiv
     (request, *_) = receiver.requests
     assert request.path == "/api/public/otel/v1/traces"
     assert request.content_type == "application/x-protobuf"
-    assert request.headers["authorization"] == "Basic " + base64.b64encode(b"pk-e2e:sk-e2e").decode()
+    assert (
+        request.headers["authorization"] == "Basic " + base64.b64encode(b"pk-e2e:sk-e2e").decode()
+    )
     roots = [s for s in receiver.spans if s.parent_span_id is None]
     assert len(roots) == 2
     ids = {s.span_id for s in receiver.spans}
@@ -85,7 +108,11 @@ def test_example_under_uvicorn_exports_real_protobuf_to_langfuse_endpoint(receiv
         assert span.resource["service.name"] == "support-agent"
     for root in roots:
         a = root.attributes
-        assert a["session.id"] == "thread-1" and a["user.id"] == "alice" and a["app.tenant.id"] == "acme"
+        assert (
+            a["session.id"] == "thread-1"
+            and a["user.id"] == "alice"
+            and a["app.tenant.id"] == "acme"
+        )
         assert a["langfuse.trace.name"] == "support-agent"
         assert a["langfuse.trace.input"] and a["langfuse.trace.output"]
         assert "token-alice" not in str(a)
@@ -95,8 +122,11 @@ def test_example_under_uvicorn_exports_real_protobuf_to_langfuse_endpoint(receiv
 
 def test_lemma_and_langfuse_at_once_each_with_their_own_auth(receiver: OTLPReceiver) -> None:
     env = {
-        "LANGFUSE_PUBLIC_KEY": "pk-e2e", "LANGFUSE_SECRET_KEY": "sk-e2e", "LANGFUSE_HOST": receiver.base_url,
-        "LEMMA_API_KEY": "lemma-key", "LEMMA_PROJECT_ID": PROJECT_ID,
+        "LANGFUSE_PUBLIC_KEY": "pk-e2e",
+        "LANGFUSE_SECRET_KEY": "sk-e2e",
+        "LANGFUSE_HOST": receiver.base_url,
+        "LEMMA_API_KEY": "lemma-key",
+        "LEMMA_PROJECT_ID": PROJECT_ID,
         "LEMMA_BASE_URL": f"{receiver.base_url}/otel/v1/traces",
     }
     for url in serve(env):
@@ -114,7 +144,11 @@ def test_lemma_and_langfuse_at_once_each_with_their_own_auth(receiver: OTLPRecei
 
 
 def test_lemma_only_needs_no_langfuse_account(receiver: OTLPReceiver) -> None:
-    env = {"LEMMA_API_KEY": "lemma-key", "LEMMA_PROJECT_ID": PROJECT_ID, "LEMMA_BASE_URL": f"{receiver.base_url}/otel/v1/traces"}
+    env = {
+        "LEMMA_API_KEY": "lemma-key",
+        "LEMMA_PROJECT_ID": PROJECT_ID,
+        "LEMMA_BASE_URL": f"{receiver.base_url}/otel/v1/traces",
+    }
     for url in serve(env):
         assert chat(url, "hello", "thread-3").status_code == 200
     assert receiver.wait_for(lambda spans: len(spans) >= 2, 10)
@@ -123,7 +157,12 @@ def test_lemma_only_needs_no_langfuse_account(receiver: OTLPReceiver) -> None:
 
 def test_langfuse_unreachable_costs_the_requests_nothing() -> None:
     dead = f"http://127.0.0.1:{free_port()}"
-    env = {"LANGFUSE_PUBLIC_KEY": "pk-e2e", "LANGFUSE_SECRET_KEY": "sk-e2e", "LANGFUSE_HOST": dead, "LANGFUSE_FLUSH_INTERVAL": "0.05"}
+    env = {
+        "LANGFUSE_PUBLIC_KEY": "pk-e2e",
+        "LANGFUSE_SECRET_KEY": "sk-e2e",
+        "LANGFUSE_HOST": dead,
+        "LANGFUSE_FLUSH_INTERVAL": "0.05",
+    }
     started = time.monotonic()
     for url in serve(env):
         durations = []
@@ -137,10 +176,19 @@ def test_langfuse_unreachable_costs_the_requests_nothing() -> None:
 
 def test_misconfiguration_is_reported_and_that_destination_left_out() -> None:
     destinations, problems = resolve_destinations(
-        environ={"LEMMA_API_KEY": "k", "LEMMA_PROJECT_ID": "not-a-uuid", "LANGFUSE_PUBLIC_KEY": "pk"}
+        environ={
+            "LEMMA_API_KEY": "k",
+            "LEMMA_PROJECT_ID": "not-a-uuid",
+            "LANGFUSE_PUBLIC_KEY": "pk",
+        }
     )
     assert destinations == []
     assert any("not a UUID" in p for p in problems)
     assert any("LANGFUSE_SECRET_KEY is not set" in p for p in problems)
-    destinations, problems = resolve_destinations(environ={"LEMMA_OTLP_ENDPOINT": "http://collector:4318/v1/traces", "LEMMA_OTLP_HEADERS": "x-team=a,x-env=b"})
+    destinations, problems = resolve_destinations(
+        environ={
+            "LEMMA_OTLP_ENDPOINT": "http://collector:4318/v1/traces",
+            "LEMMA_OTLP_HEADERS": "x-team=a,x-env=b",
+        }
+    )
     assert problems == [] and destinations[0].headers == {"x-team": "a", "x-env": "b"}

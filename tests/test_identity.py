@@ -37,12 +37,19 @@ def test_normalisation_keeps_short_ascii_and_makes_the_rest_stable_distinct_and_
     assert normalise_id("x" * 200, "t") == "x" * 200
 
 
-async def test_long_and_non_ascii_header_ids_still_group(captured: Captured, caplog: pytest.LogCaptureFixture) -> None:
+async def test_long_and_non_ascii_header_ids_still_group(
+    captured: Captured, caplog: pytest.LogCaptureFixture
+) -> None:
     app = make_app(captured.client)
     thread = "t" * 500
     with caplog.at_level(logging.INFO, logger="lemma_middleware"):
         for _ in range(2):
-            await post(app, "/chat/c", json={"message": "x"}, headers={"x-conversation-id": thread, "x-user-id": "josé".encode()})
+            await post(
+                app,
+                "/chat/c",
+                json={"message": "x"},
+                headers={"x-conversation-id": thread, "x-user-id": "josé".encode()},
+            )
     roots = captured.roots()
     sessions = {r.attributes["session.id"] for r in roots}
     assert sessions == {normalise_id(thread, "thread_id")}
@@ -65,22 +72,36 @@ def test_secret_headers_cannot_be_identity_headers(captured: Captured) -> None:
         make_app(captured.client, user_header="Authorization").build_middleware_stack()
 
 
-async def test_auth_user_wins_over_the_user_header_and_resolver_wins_over_both(captured: Captured) -> None:
+async def test_auth_user_wins_over_the_user_header_and_resolver_wins_over_both(
+    captured: Captured,
+) -> None:
     app = make_app(captured.client)
     app.add_middleware(AuthenticationMiddleware, backend=TokenAuth())  # runs outside ours
-    await post(app, "/chat/c", json={}, headers={"authorization": "Bearer t-alice", "x-user-id": "mallory"})
+    await post(
+        app, "/chat/c", json={}, headers={"authorization": "Bearer t-alice", "x-user-id": "mallory"}
+    )
     assert captured.root().attributes["user.id"] == "alice"
     captured.exporter.clear()
 
-    inner = make_app(captured.client, identity_resolver=lambda request: {"user_id": "from-resolver", "metadata": {"org": "o1"}})
+    inner = make_app(
+        captured.client,
+        identity_resolver=lambda request: {"user_id": "from-resolver", "metadata": {"org": "o1"}},
+    )
     inner.add_middleware(AuthenticationMiddleware, backend=TokenAuth())
-    await post(inner, "/chat/c", json={}, headers={"authorization": "Bearer t-alice", "x-user-id": "mallory"})
+    await post(
+        inner,
+        "/chat/c",
+        json={},
+        headers={"authorization": "Bearer t-alice", "x-user-id": "mallory"},
+    )
     a = captured.root().attributes
     assert a["user.id"] == "from-resolver"
     assert a["langfuse.trace.metadata.org"] == '"o1"'
 
 
-async def test_auth_user_set_inside_the_middleware_reaches_root_and_children(captured: Captured) -> None:
+async def test_auth_user_set_inside_the_middleware_reaches_root_and_children(
+    captured: Captured,
+) -> None:
     from starlette.middleware import Middleware
 
     app = make_app(captured.client)

@@ -34,7 +34,9 @@ async def test_exception_is_recorded_as_error_and_reraised_unchanged(captured: C
 
 async def test_4xx_is_a_warning_and_5xx_an_error(captured: Captured) -> None:
     app = make_app(captured.client)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://t"
+    ) as client:
         assert (await client.get("/missing")).status_code == 404
         assert (await client.get("/unavailable")).status_code == 503
     levels = {
@@ -47,7 +49,9 @@ async def test_4xx_is_a_warning_and_5xx_an_error(captured: Captured) -> None:
     assert levels == {404: ("WARNING", "HTTP 404"), 503: ("ERROR", "HTTP 503")}
 
 
-async def drive(app: Any, scope_extra: dict[str, Any], messages: list[Message], stop_after_chunks: int) -> list[Message]:
+async def drive(
+    app: Any, scope_extra: dict[str, Any], messages: list[Message], stop_after_chunks: int
+) -> list[Message]:
     """A raw ASGI driver: the client goes away after ``stop_after_chunks`` body chunks."""
     sent: list[Message] = []
     incoming = list(messages)
@@ -61,15 +65,24 @@ async def drive(app: Any, scope_extra: dict[str, Any], messages: list[Message], 
 
     async def send(message: Message) -> None:
         sent.append(message)
-        if message["type"] == "http.response.body" and message.get("more_body"):
-            if sum(m["type"] == "http.response.body" for m in sent) >= stop_after_chunks:
-                gone.set()
+        chunks = sum(m["type"] == "http.response.body" for m in sent)
+        if message.get("more_body") and chunks >= stop_after_chunks:
+            gone.set()
 
     scope = {
-        "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
-        "method": "POST", "scheme": "http", "path": "/", "raw_path": b"/", "query_string": b"",
-        "root_path": "", "headers": [(b"x-conversation-id", b"conv-d")], "client": ("127.0.0.1", 1),
-        "server": ("127.0.0.1", 80), **scope_extra,
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/",
+        "raw_path": b"/",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"x-conversation-id", b"conv-d")],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+        **scope_extra,
     }
     await asyncio.wait_for(app(scope, receive, send), 5)
     return sent
@@ -77,19 +90,26 @@ async def drive(app: Any, scope_extra: dict[str, Any], messages: list[Message], 
 
 async def test_client_disconnect_mid_stream_ends_the_root_saying_so(captured: Captured) -> None:
     app = make_app(captured.client)
-    sent = await drive(app, {"path": "/stream", "raw_path": b"/stream"}, [{"type": "http.request", "body": b""}], 1)
+    sent = await drive(
+        app, {"path": "/stream", "raw_path": b"/stream"}, [{"type": "http.request", "body": b""}], 1
+    )
     assert sent[0]["type"] == "http.response.start"
     root = captured.root()
     a = root.attributes
     assert a["langfuse.observation.level"] == "WARNING"
-    assert a["langfuse.observation.status_message"] == "client disconnected before the response was complete"
+    assert (
+        a["langfuse.observation.status_message"]
+        == "client disconnected before the response was complete"
+    )
     assert a["session.id"] == "conv-d"
     assert root.end_time is not None
 
 
 async def test_excluded_paths_and_methods_are_not_traced(captured: Captured) -> None:
     app = make_app(captured.client)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://t"
+    ) as client:
         await client.get("/health")
         await client.options("/chat/x")
         await client.get("/healthcare")  # anchored: not excluded (404, but traced)
@@ -100,7 +120,13 @@ async def test_excluded_paths_and_methods_are_not_traced(captured: Captured) -> 
 async def test_no_keys_serves_requests_untraced_and_logs_once(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    for name in ("LANGFUSE_PUBLIC_KEY", "LANGFUSE_SECRET_KEY", "LEMMA_API_KEY", "LEMMA_PROJECT_ID", "LEMMA_OTLP_ENDPOINT"):
+    for name in (
+        "LANGFUSE_PUBLIC_KEY",
+        "LANGFUSE_SECRET_KEY",
+        "LEMMA_API_KEY",
+        "LEMMA_PROJECT_ID",
+        "LEMMA_OTLP_ENDPOINT",
+    ):
         monkeypatch.delenv(name, raising=False)
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
@@ -109,7 +135,9 @@ async def test_no_keys_serves_requests_untraced_and_logs_once(
 
     with caplog.at_level(logging.WARNING, logger="lemma_middleware"):
         traced = LemmaMiddleware(app, agent_name="support-agent")
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=traced), base_url="http://t") as client:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=traced), base_url="http://t"
+        ) as client:
             responses = [await client.post("/chat") for _ in range(3)]
     assert all(r.text == "ok" and "x-trace-id" not in r.headers for r in responses)
     off = [r for r in caplog.records if "tracing is off" in r.getMessage()]
@@ -117,7 +145,9 @@ async def test_no_keys_serves_requests_untraced_and_logs_once(
 
 
 @pytest.mark.expect_internal_errors
-async def test_a_resolver_that_raises_costs_the_request_nothing(captured: Captured, no_internal_errors: Any) -> None:
+async def test_a_resolver_that_raises_costs_the_request_nothing(
+    captured: Captured, no_internal_errors: Any
+) -> None:
     def resolver(request: Any) -> dict[str, str]:
         raise KeyError("no session")
 

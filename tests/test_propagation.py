@@ -82,7 +82,11 @@ async def test_200_concurrent_requests_never_mix_identities(captured: Captured) 
         async def turn(i: int) -> str:
             response = await client.post(
                 "/children",
-                headers={"x-conversation-id": f"conv-{i}", "x-user-id": f"user-{i}", "x-tenant-id": f"t-{i}"},
+                headers={
+                    "x-conversation-id": f"conv-{i}",
+                    "x-user-id": f"user-{i}",
+                    "x-tenant-id": f"t-{i}",
+                },
             )
             return response.headers["x-trace-id"]
 

@@ -28,7 +28,11 @@ async def test_json_body_is_parsed_and_redacted_at_any_depth(captured: Captured)
         "openai_api_key": "sk-2",
         "max_tokens": 10,
     }
-    await post(make_app(captured.client, redact_fields=["ssn_last4"]), "/chat/c", json={**body, "ssn_last4": "1234"})
+    await post(
+        make_app(captured.client, redact_fields=["ssn_last4"]),
+        "/chat/c",
+        json={**body, "ssn_last4": "1234"},
+    )
     recorded = json.loads(recorded_input(captured))
     assert recorded["message"] == "hi"
     assert recorded["password"] == REDACTED
@@ -45,7 +49,12 @@ async def test_form_body_is_a_dict_and_query_params_are_input_for_bodyless_reque
     captured: Captured,
 ) -> None:
     app = make_app(captured.client)
-    await post(app, "/raw", content=b"a=1&a=2&token=t0p", headers={"content-type": "application/x-www-form-urlencoded"})
+    await post(
+        app,
+        "/raw",
+        content=b"a=1&a=2&token=t0p",
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
     assert json.loads(recorded_input(captured)) == {"a": ["1", "2"], "token": REDACTED}
     captured.exporter.clear()
     import httpx
@@ -65,7 +74,12 @@ async def test_text_binary_and_broken_json(captured: Captured) -> None:
     assert response.text == "1024"  # the handler got every byte
     assert recorded_input(captured) == "<binary image/png, 1024 bytes>"
     captured.exporter.clear()
-    await post(app, "/raw", content=b'{"message": "hi", "password": "x"', headers={"content-type": "application/json"})
+    await post(
+        app,
+        "/raw",
+        content=b'{"message": "hi", "password": "x"',
+        headers={"content-type": "application/json"},
+    )
     recorded = recorded_input(captured)
     assert recorded.startswith('{"message": "hi"') and "[REDACTED]" in recorded
     assert '"x"' not in recorded
@@ -101,13 +115,20 @@ def test_capture_memory_is_bounded_for_a_1_gb_stream() -> None:
     [
         ("text/event-stream", None, b"data: a\n\ndata: b\n\ndata: [DONE]\n\n", "ab"),
         ("application/json", "gzip", b"\x1f\x8b...", "<gzip-encoded application/json, 5 bytes>"),
-        ("application/octet-stream", None, b"\x00\x01", "<binary application/octet-stream, 2 bytes>"),
+        (
+            "application/octet-stream",
+            None,
+            b"\x00\x01",
+            "<binary application/octet-stream, 2 bytes>",
+        ),
         (None, None, b"hello", "hello"),
         (None, None, b"\xff\xfe\x00", "<binary body, 3 bytes>"),
         ("multipart/form-data; boundary=x", None, b"--x--", "<multipart/form-data, 5 bytes>"),
     ],
 )
-def test_rendering_rules(content_type: str | None, encoding: str | None, body: bytes, expected: str) -> None:
+def test_rendering_rules(
+    content_type: str | None, encoding: str | None, body: bytes, expected: str
+) -> None:
     capture = BodyCapture(1024)
     capture.feed(body)
     assert render_body(capture, content_type, encoding, Redactor(), "response") == expected
@@ -115,6 +136,8 @@ def test_rendering_rules(content_type: str | None, encoding: str | None, body: b
 
 def test_redaction_of_unparseable_text() -> None:
     redactor = Redactor()
-    text = redactor.redact_text('{"user": "a", "Password": "p\\"w", "db-token": 123} api_key=abc&x=1')
-    assert "p\\\"w" not in text and "123" not in text and "abc" not in text
+    text = redactor.redact_text(
+        '{"user": "a", "Password": "p\\"w", "db-token": 123} api_key=abc&x=1'
+    )
+    assert 'p\\"w' not in text and "123" not in text and "abc" not in text
     assert '"user": "a"' in text and "x=1" in text

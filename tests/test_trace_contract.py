@@ -25,7 +25,10 @@ async def post(app: object, path: str, **kwargs: object) -> httpx.Response:
 
 async def test_root_carries_every_contract_field(captured: Captured) -> None:
     app = make_app(
-        captured.client, environment="production", release="1.4.2", version="v7",
+        captured.client,
+        environment="production",
+        release="1.4.2",
+        version="v7",
         metadata={"team": "support"},
     )
     response = await post(app, "/chat/conv-42", json={"message": "hi"}, headers=HEADERS)
@@ -98,7 +101,10 @@ async def test_upstream_traceparent_is_kept_as_metadata_not_as_parent(captured: 
     assert root.parent is None
     assert format(root.context.trace_id, "032x") != "0af7651916cd43dd8448eb211c80319c"
     a = root.attributes
-    assert json.loads(a["langfuse.trace.metadata.upstream.trace_id"]) == "0af7651916cd43dd8448eb211c80319c"
+    assert (
+        json.loads(a["langfuse.trace.metadata.upstream.trace_id"])
+        == "0af7651916cd43dd8448eb211c80319c"
+    )
     assert json.loads(a["langfuse.trace.metadata.upstream.span_id"]) == "b7ad6b7169203331"
 
 
@@ -138,7 +144,11 @@ async def test_exported_tree_is_whole_with_fastapi_and_otel_instrumentation(
 
 
 async def test_wrapping_the_whole_app_sees_the_500_and_the_exception(captured: Captured) -> None:
-    app = LemmaMiddleware(make_app(captured.client, exclude_paths=["/chat/"]), langfuse=captured.client, agent_name="outer-agent")
+    app = LemmaMiddleware(
+        make_app(captured.client, exclude_paths=["/chat/"]),
+        langfuse=captured.client,
+        agent_name="outer-agent",
+    )
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
         response = await client.post("/boom", json={}, headers=HEADERS)
@@ -147,7 +157,8 @@ async def test_wrapping_the_whole_app_sees_the_500_and_the_exception(captured: C
     outer, inner = roots["outer-agent"], roots["support-agent"]
     for root in (outer, inner):
         assert root.attributes["langfuse.observation.level"] == "ERROR"
-        assert root.attributes["langfuse.observation.status_message"] == "ValueError: model exploded"
+        assert (
+            root.attributes["langfuse.observation.status_message"] == "ValueError: model exploded"
+        )
     assert json.loads(outer.attributes["langfuse.trace.metadata.http.status_code"]) == 500
     assert response.headers["x-trace-id"] == format(outer.context.trace_id, "032x")
-

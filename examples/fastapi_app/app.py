@@ -47,7 +47,9 @@ class ChatRequest(BaseModel):
 @observe(name="fake-llm", as_type="generation")
 def fake_llm(message: str) -> str:
     """A deterministic stand-in for a model call."""
-    get_client().update_current_generation(model="fake-llm-1", usage_details={"input": len(message.split())})
+    get_client().update_current_generation(
+        model="fake-llm-1", usage_details={"input": len(message.split())}
+    )
     if "refund" in message.lower():
         return "I have opened a refund request for you."
     return f"You said: {message}. How else can I help?"
