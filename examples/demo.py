@@ -13,12 +13,14 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
+from pathlib import Path
 
 import httpx
 
 from lemma_middleware.receiver import OTLPReceiver, ReceivedSpan
 
 PUBLIC_KEY, SECRET_KEY = "pk-lf-demo", "sk-lf-demo"
+ROOT = Path(__file__).resolve().parents[1]
 
 SCRIPT = [
     # (token, thread, message, streaming)
@@ -46,6 +48,20 @@ def wait_until_up(url: str, timeout: float = 20.0) -> None:
         except httpx.TransportError:
             time.sleep(0.1)
     raise RuntimeError(f"{url} did not come up")
+
+
+def start_uvicorn(app: str, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
+    """Serve ``app`` under real uvicorn on a free 127.0.0.1 port; return it once it answers."""
+    port = free_port()
+    command = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port)]
+    process = subprocess.Popen([*command, "--log-level", "critical"], env=env, cwd=ROOT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_up(f"{url}/health")
+    except BaseException:
+        process.kill()
+        raise
+    return process, url
 
 
 def play(base_url: str) -> None:
@@ -86,32 +102,16 @@ def summarise(spans: list[ReceivedSpan]) -> None:
 
 def main() -> int:
     receiver = OTLPReceiver(keys={PUBLIC_KEY: SECRET_KEY}).start()
-    port = free_port()
     env = {
         **os.environ,
         "LANGFUSE_PUBLIC_KEY": os.environ.get("LANGFUSE_PUBLIC_KEY", PUBLIC_KEY),
         "LANGFUSE_SECRET_KEY": os.environ.get("LANGFUSE_SECRET_KEY", SECRET_KEY),
         "LANGFUSE_HOST": os.environ.get("LANGFUSE_HOST", receiver.base_url),
     }
-    print(f"local receiver on {receiver.base_url}; starting uvicorn on 127.0.0.1:{port}")
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "examples.fastapi_app.app:app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "critical",
-        ],
-        env=env,
-    )
+    print(f"local receiver on {receiver.base_url}; starting uvicorn on 127.0.0.1")
+    server, url = start_uvicorn("examples.fastapi_app.app:app", env)
     try:
-        wait_until_up(f"http://127.0.0.1:{port}/health")
-        play(f"http://127.0.0.1:{port}")
+        play(url)
     finally:
         server.send_signal(signal.SIGTERM)  # lifespan shutdown flushes pending traces
         server.wait(timeout=30)

@@ -5,57 +5,22 @@ from __future__ import annotations
 import base64
 import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
+from examples.demo import free_port, start_uvicorn
 from lemma_middleware import resolve_destinations
 from lemma_middleware.receiver import OTLPReceiver
 
-ROOT = Path(__file__).resolve().parents[1]
 PROJECT_ID = "5b0c7b3e-8f6d-4a43-9d0e-3f1f6f2b9a11"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def serve(env: dict[str, str]) -> Iterator[str]:
-    port = free_port()
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("LANGFUSE_", "LEMMA_"))}
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "examples.fastapi_app.app:app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "critical",
-        ],
-        cwd=ROOT,
-        env={**clean, **env},
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            httpx.get(f"{url}/health", timeout=0.5)
-            break
-        except httpx.TransportError:
-            assert time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.1)
+    process, url = start_uvicorn("examples.fastapi_app.app:app", {**clean, **env})
     try:
         yield url
     finally:

@@ -141,3 +141,43 @@ def test_redaction_of_unparseable_text() -> None:
     )
     assert 'p\\"w' not in text and "123" not in text and "abc" not in text
     assert '"user": "a"' in text and "x=1" in text
+
+
+async def test_a_1_gb_streamed_response_passes_through_in_bounded_memory(
+    captured: Captured,
+) -> None:
+    from lemma_middleware import LemmaMiddleware
+
+    chunk = b"data: " + b"x" * (1024 * 1024 - 8) + b"\n\n"
+
+    async def streaming_app(scope: Any, receive: Any, send: Any) -> None:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/event-stream")],
+            }
+        )
+        for _ in range(1024):
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+    app = LemmaMiddleware(streaming_app, langfuse=captured.client, agent_name="streamer")
+    received = 0
+
+    async def receive() -> Any:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: Any) -> None:
+        nonlocal received
+        received += len(message.get("body", b""))
+
+    scope = {"type": "http", "method": "GET", "path": "/stream", "query_string": b"", "headers": []}
+    tracemalloc.start()
+    await app(scope, receive, send)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert received == 1024 * len(chunk)
+    assert peak < 4 * 1024 * 1024, peak
+    output = captured.root().attributes["langfuse.observation.output"]
+    assert f"truncated: {1024 * len(chunk)} bytes in total" in output
