@@ -183,7 +183,9 @@ class Tracing:
         )
         self.release = release or os.environ.get("LANGFUSE_RELEASE")
         self.version = version
-        self.static_metadata = {str(k): v for k, v in (metadata or {}).items()}
+        self.static_metadata = {
+            str(k): _metadata_value(str(k), v) for k, v in (metadata or {}).items()
+        }
         self.exact_excludes: set[str] = set()
         self.prefix_excludes: list[str] = []
         self.pattern_excludes: list[re.Pattern[str]] = []
@@ -400,7 +402,7 @@ class RequestTrace:
         return True
 
     def _propagated_metadata(self, identity: Identity) -> dict[str, str]:
-        metadata = {k: _metadata_value(k, v) for k, v in self.tracing.static_metadata.items()}
+        metadata = dict(self.tracing.static_metadata)
         metadata.update({k: _metadata_value(k, v) for k, v in identity.metadata.items()})
         metadata["gen_ai.agent.name"] = self.agent_name
         if identity.thread_id:
