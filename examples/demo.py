@@ -14,6 +14,7 @@ import sys
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -50,11 +51,11 @@ def wait_until_up(url: str, timeout: float = 20.0) -> None:
     raise RuntimeError(f"{url} did not come up")
 
 
-def start_uvicorn(app: str, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
-    """Serve ``app`` under real uvicorn on a free 127.0.0.1 port; return it once it answers."""
-    port = free_port()
-    command = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port)]
-    process = subprocess.Popen([*command, "--log-level", "critical"], env=env, cwd=ROOT)
+def start_server(
+    command: list[str], port: int, env: dict[str, str]
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Run a server command listening on 127.0.0.1:``port``; return it once it answers."""
+    process = subprocess.Popen(command, env=env, cwd=ROOT)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_up(f"{url}/health")
@@ -62,6 +63,23 @@ def start_uvicorn(app: str, env: dict[str, str]) -> tuple[subprocess.Popen[bytes
         process.kill()
         raise
     return process, url
+
+
+def start_uvicorn(app: str, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
+    """Serve an ASGI app under real uvicorn (1 worker)."""
+    port = free_port()
+    command = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port)]
+    return start_server([*command, "--log-level", "critical"], port, env)
+
+
+def start_gunicorn(
+    app: str, env: dict[str, str], *, preload: bool = False
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Serve a WSGI app under real gunicorn: 2 workers, gthread, 4 threads each."""
+    port = free_port()
+    command = [sys.executable, "-m", "gunicorn", "-w", "2", "-k", "gthread", "--threads", "4"]
+    command += ["-b", f"127.0.0.1:{port}", "--log-level", "critical", "--graceful-timeout", "10"]
+    return start_server([*command, *(["--preload"] if preload else []), app], port, env)
 
 
 def play(base_url: str) -> None:
@@ -100,26 +118,44 @@ def summarise(spans: list[ReceivedSpan]) -> None:
         print(f"    children: {children}")
 
 
+SERVERS = [
+    ("FastAPI example under uvicorn", start_uvicorn, "examples.fastapi_app.app:app"),
+    (
+        "Flask example under gunicorn (2 workers, gthread)",
+        start_gunicorn,
+        "examples.flask_app.app:app",
+    ),
+]
+
+
+def run_one(label: str, start: Any, app: str) -> bool:
+    """Play the script against one example app; True when every turn arrived as a trace."""
+    with OTLPReceiver(keys={PUBLIC_KEY: SECRET_KEY}) as receiver:
+        env = {
+            **os.environ,
+            "LANGFUSE_PUBLIC_KEY": os.environ.get("LANGFUSE_PUBLIC_KEY", PUBLIC_KEY),
+            "LANGFUSE_SECRET_KEY": os.environ.get("LANGFUSE_SECRET_KEY", SECRET_KEY),
+            "LANGFUSE_HOST": os.environ.get("LANGFUSE_HOST", receiver.base_url),
+        }
+        print(f"\n== {label}; traces go to {env['LANGFUSE_HOST']}")
+        server, url = start(app, env)
+        try:
+            play(url)
+        finally:
+            server.send_signal(signal.SIGTERM)  # shutdown flushes pending traces
+            server.wait(timeout=30)
+        if env["LANGFUSE_HOST"] != receiver.base_url:
+            return True  # sent to the configured host instead
+        receiver.wait_for(
+            lambda spans: sum(s.parent_span_id is None for s in spans) >= len(SCRIPT), 10
+        )
+        summarise(receiver.spans)
+        return sum(s.parent_span_id is None for s in receiver.spans) == len(SCRIPT)
+
+
 def main() -> int:
-    receiver = OTLPReceiver(keys={PUBLIC_KEY: SECRET_KEY}).start()
-    env = {
-        **os.environ,
-        "LANGFUSE_PUBLIC_KEY": os.environ.get("LANGFUSE_PUBLIC_KEY", PUBLIC_KEY),
-        "LANGFUSE_SECRET_KEY": os.environ.get("LANGFUSE_SECRET_KEY", SECRET_KEY),
-        "LANGFUSE_HOST": os.environ.get("LANGFUSE_HOST", receiver.base_url),
-    }
-    print(f"local receiver on {receiver.base_url}; starting uvicorn on 127.0.0.1")
-    server, url = start_uvicorn("examples.fastapi_app.app:app", env)
-    try:
-        play(url)
-    finally:
-        server.send_signal(signal.SIGTERM)  # lifespan shutdown flushes pending traces
-        server.wait(timeout=30)
-    receiver.wait_for(lambda spans: sum(s.parent_span_id is None for s in spans) >= len(SCRIPT), 10)
-    summarise(receiver.spans)
-    receiver.stop()
-    roots = [s for s in receiver.spans if s.parent_span_id is None]
-    return 0 if len(roots) == len(SCRIPT) else 1
+    results = [run_one(label, start, app) for label, start, app in SERVERS]
+    return 0 if all(results) else 1
 
 
 if __name__ == "__main__":

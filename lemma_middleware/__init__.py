@@ -8,6 +8,7 @@ Everything users need is importable from here::
 from .asgi import LemmaMiddleware
 from .capture import DEFAULT_REDACT_FIELDS, REDACTED
 from .export import build_client, resolve_destinations
+from .flask_integration import LemmaFlask
 from .identity import Identity, normalise_id
 from .tracing import (
     DEFAULT_EXCLUDE_METHODS,
@@ -20,6 +21,7 @@ from .tracing import (
     set_input,
     set_output,
 )
+from .wsgi import LemmaWSGIMiddleware
 
 __all__ = [
     "DEFAULT_EXCLUDE_METHODS",
@@ -27,7 +29,9 @@ __all__ = [
     "DEFAULT_REDACT_FIELDS",
     "REDACTED",
     "Identity",
+    "LemmaFlask",
     "LemmaMiddleware",
+    "LemmaWSGIMiddleware",
     "RequestTrace",
     "Tracing",
     "bind",

@@ -101,7 +101,7 @@ class BodyCapture:
         self.kept = 0
         self.total = 0
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | memoryview) -> None:
         """Account for ``data``; keep it while under the limit."""
         size = len(data)
         if not size:

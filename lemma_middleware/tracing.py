@@ -285,6 +285,7 @@ class RequestTrace:
         self.has_input_override = False
         self.has_output_override = False
         self._finished = False
+        self.handled_error: BaseException | None = None
         self._auth_pending = tracing.use_auth_user and request.auth_user is not None
 
         headers = request.headers
@@ -392,7 +393,10 @@ class RequestTrace:
         if not self._auth_pending or self.request.auth_user is None:
             return False
         user = _call_guarded("auth user lookup", self.request.auth_user)
-        user_id = user_id_from_auth_user(user) if user is not None else None
+        if isinstance(user, str):  # e.g. the WSGI REMOTE_USER
+            user_id: str | None = user or None
+        else:
+            user_id = user_id_from_auth_user(user) if user is not None else None
         if user_id is None:
             return False
         self._auth_pending = False
@@ -443,6 +447,15 @@ class RequestTrace:
         self.span.set_attributes(attributes)
         self.child_attributes = attributes
 
+    def sync_auth_user(self) -> None:
+        """Pick up the authenticated user if it became known since the request started."""
+        if self._auth_pending and self._check_auth_user():
+            self.refresh_identity()
+
+    def record_exception(self, error: BaseException) -> None:
+        """Note an exception the framework turned into a response (e.g. Flask's 500)."""
+        self.handled_error = error
+
     def bind(self, **values: Any) -> None:
         """Overlay identity values from the handler (highest precedence)."""
         layer = self.layers.setdefault("bind", Identity())
@@ -451,8 +464,7 @@ class RequestTrace:
 
     def on_child_start(self, span: Span) -> None:
         """Called for every span started in this request (see RequestScopeProcessor)."""
-        if self._auth_pending and self._check_auth_user():
-            self.refresh_identity()
+        self.sync_auth_user()
         span.set_attributes(self.child_attributes)
 
     # context ------------------------------------------------------------------
@@ -526,8 +538,8 @@ class RequestTrace:
         disconnected: bool,
     ) -> None:
         tracing = self.tracing
-        if self._auth_pending and self._check_auth_user():
-            self.refresh_identity()
+        self.sync_auth_user()
+        error = error or self.handled_error
         limit = max(tracing.max_body_bytes, 1024) + 200  # room for a truncation marker
         attributes: dict[str, Any] = {}
 

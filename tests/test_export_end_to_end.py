@@ -7,20 +7,24 @@ import os
 import signal
 import time
 from collections.abc import Iterator
+from functools import partial
+from typing import Any
 
 import httpx
 import pytest
 
-from examples.demo import free_port, start_uvicorn
+from examples.demo import free_port, start_gunicorn, start_uvicorn
 from lemma_middleware import resolve_destinations
 from lemma_middleware.receiver import OTLPReceiver
 
 PROJECT_ID = "5b0c7b3e-8f6d-4a43-9d0e-3f1f6f2b9a11"
 
 
-def serve(env: dict[str, str]) -> Iterator[str]:
+def serve(
+    env: dict[str, str], start: Any = start_uvicorn, app: str = "examples.fastapi_app.app:app"
+) -> Iterator[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("LANGFUSE_", "LEMMA_"))}
-    process, url = start_uvicorn("examples.fastapi_app.app:app", {**clean, **env})
+    process, url = start(app, {**clean, **env})
     try:
         yield url
     finally:
@@ -120,7 +124,15 @@ def test_lemma_only_needs_no_langfuse_account(receiver: OTLPReceiver) -> None:
     assert {r.path for r in receiver.requests} == {"/otel/v1/traces"}
 
 
-def test_langfuse_unreachable_costs_the_requests_nothing() -> None:
+@pytest.mark.parametrize(
+    ("start", "app"),
+    [
+        (start_uvicorn, "examples.fastapi_app.app:app"),
+        (start_gunicorn, "examples.flask_app.app:app"),
+    ],
+    ids=["asgi-uvicorn", "wsgi-gunicorn"],
+)
+def test_langfuse_unreachable_costs_the_requests_nothing(start: Any, app: str) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
     env = {
         "LANGFUSE_PUBLIC_KEY": "pk-e2e",
@@ -129,7 +141,7 @@ def test_langfuse_unreachable_costs_the_requests_nothing() -> None:
         "LANGFUSE_FLUSH_INTERVAL": "0.05",
     }
     started = time.monotonic()
-    for url in serve(env):
+    for url in serve(env, start, app):
         durations = []
         for i in range(20):
             t0 = time.monotonic()
@@ -157,3 +169,47 @@ def test_misconfiguration_is_reported_and_that_destination_left_out() -> None:
         }
     )
     assert problems == [] and destinations[0].headers == {"x-team": "a", "x-env": "b"}
+
+
+@pytest.mark.parametrize("preload", [False, True])
+def test_flask_example_under_gunicorn_workers_exports_every_trace(
+    receiver: OTLPReceiver, preload: bool
+) -> None:
+    env = {
+        "LANGFUSE_PUBLIC_KEY": "pk-e2e",
+        "LANGFUSE_SECRET_KEY": "sk-e2e",
+        "LANGFUSE_HOST": receiver.base_url,
+    }
+    start = partial(start_gunicorn, preload=preload)
+    trace_ids: set[str] = set()
+    for url in serve(env, start, "examples.flask_app.app:app"):
+        with httpx.Client(timeout=10) as client:
+            for i in range(12):
+                stream = i % 3 == 0
+                response = client.post(
+                    f"{url}/chat/stream" if stream else f"{url}/chat",
+                    json={"message": f"hello {i}"},
+                    headers={
+                        "authorization": "Bearer token-bob",
+                        "x-conversation-id": f"thread-{i}",
+                    },
+                )
+                assert response.status_code == 200
+                trace_ids.add(response.headers["x-trace-id"])
+    assert receiver.wait_for(lambda spans: sum(s.parent_span_id is None for s in spans) >= 12, 15)
+    spans = receiver.spans
+    roots = [s for s in spans if s.parent_span_id is None]
+    assert sorted(r.attributes["session.id"] for r in roots) == sorted(
+        f"thread-{i}" for i in range(12)
+    )
+    assert {r.trace_id for r in roots} == trace_ids
+    ids = {s.span_id for s in spans}
+    for span in spans:
+        assert span.parent_span_id is None or span.parent_span_id in ids
+        root = next(r for r in roots if r.trace_id == span.trace_id)
+        assert span.attributes["session.id"] == root.attributes["session.id"]
+        assert span.attributes["user.id"] == "bob"
+    streamed = [r for r in roots if r.attributes["session.id"] in {"thread-0", "thread-3"}]
+    assert all(
+        r.attributes["langfuse.trace.output"].startswith("You said: hello") for r in streamed
+    )

@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import StreamingResponse
-from langfuse import get_client, observe
 from pydantic import BaseModel
 from starlette.authentication import (
     AuthCredentials,
@@ -24,9 +23,8 @@ from starlette.authentication import (
 from starlette.middleware.authentication import AuthenticationMiddleware
 from starlette.requests import HTTPConnection
 
+from examples.agent import TOKENS, fake_llm
 from lemma_middleware import LemmaMiddleware
-
-TOKENS = {"token-alice": "alice", "token-bob": "bob"}
 
 
 class BearerTokens(AuthenticationBackend):
@@ -42,17 +40,6 @@ class BearerTokens(AuthenticationBackend):
 
 class ChatRequest(BaseModel):
     message: str
-
-
-@observe(name="fake-llm", as_type="generation")
-def fake_llm(message: str) -> str:
-    """A deterministic stand-in for a model call."""
-    get_client().update_current_generation(
-        model="fake-llm-1", usage_details={"input": len(message.split())}
-    )
-    if "refund" in message.lower():
-        return "I have opened a refund request for you."
-    return f"You said: {message}. How else can I help?"
 
 
 app = FastAPI(title="support agent")
