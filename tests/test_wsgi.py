@@ -306,3 +306,32 @@ def test_no_keys_serves_untraced(monkeypatch: pytest.MonkeyPatch) -> None:
     app = LemmaWSGIMiddleware(plain, agent_name="x")
     response = call(app, "GET", "/")
     assert response.body == b"ok" and "x-trace-id" not in response.headers
+
+
+def test_flask_login_current_user_reaches_root_and_children(captured: Captured) -> None:
+    from flask_login import LoginManager, UserMixin
+
+    class User(UserMixin):
+        def __init__(self, user_id: str) -> None:
+            self.id = user_id
+
+    app = Flask(__name__)
+    login = LoginManager(app)
+    login.request_loader(
+        lambda request: User("carol") if request.headers.get("x-api-token") == "c" else None
+    )
+
+    @app.post("/chat")
+    def chat() -> dict[str, str]:
+        from flask_login import current_user
+
+        assert current_user.is_authenticated  # resolved inside the view
+        with captured.client.start_as_current_observation(name="tool", as_type="tool"):
+            return {"answer": "ok"}
+
+    LemmaFlask(app, langfuse=captured.client, agent_name="a")
+    call(app, "POST", "/chat", json_body={}, headers={"x-api-token": "c", "x-user-id": "mallory"})
+    root = captured.root()
+    assert root.attributes["user.id"] == "carol"
+    (child,) = captured.children(root)
+    assert child.attributes["user.id"] == "carol"
