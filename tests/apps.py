@@ -8,10 +8,12 @@ from typing import Any
 
 from fastapi import BackgroundTasks, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
-from langfuse import Langfuse, observe
+from langfuse import Langfuse
 from starlette.concurrency import run_in_threadpool
 
 from lemma_middleware import LemmaMiddleware, bind, set_input, set_output
+
+from .agent_steps import agent_steps
 
 
 def make_app(
@@ -19,18 +21,7 @@ def make_app(
 ) -> FastAPI:
     app = FastAPI(telemetry=telemetry or {"tracing": False})
 
-    @observe(name="llm-call", as_type="generation")
-    def observed_llm(text: str) -> str:
-        return text.upper()
-
-    public_key = client._resources.public_key  # @observe needs it with several clients
-
-    def llm(text: str) -> str:
-        return str(observed_llm(text, langfuse_public_key=public_key))  # type: ignore[call-arg]
-
-    def tool(name: str) -> str:
-        with client.start_as_current_observation(name=name, as_type="tool"):
-            return name
+    llm, tool = agent_steps(client)
 
     @app.post("/chat/{thread_id}")
     async def chat(thread_id: str, body: dict[str, Any]) -> dict[str, Any]:

@@ -107,3 +107,19 @@ def fresh_log_once() -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "expect_internal_errors: the test provokes logged errors")
+
+
+DESTINATION_VARIABLES = (
+    "LANGFUSE_PUBLIC_KEY",
+    "LANGFUSE_SECRET_KEY",
+    "LEMMA_API_KEY",
+    "LEMMA_PROJECT_ID",
+    "LEMMA_OTLP_ENDPOINT",
+)
+
+
+@pytest.fixture
+def no_destinations(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No Langfuse keys, no Lemma key, no OTLP endpoint in the environment."""
+    for name in DESTINATION_VARIABLES:
+        monkeypatch.delenv(name, raising=False)

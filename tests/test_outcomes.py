@@ -118,17 +118,8 @@ async def test_excluded_paths_and_methods_are_not_traced(captured: Captured) -> 
 
 
 async def test_no_keys_serves_requests_untraced_and_logs_once(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    no_destinations: None, caplog: pytest.LogCaptureFixture
 ) -> None:
-    for name in (
-        "LANGFUSE_PUBLIC_KEY",
-        "LANGFUSE_SECRET_KEY",
-        "LEMMA_API_KEY",
-        "LEMMA_PROJECT_ID",
-        "LEMMA_OTLP_ENDPOINT",
-    ):
-        monkeypatch.delenv(name, raising=False)
-
     async def app(scope: Any, receive: Any, send: Any) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"ok"})

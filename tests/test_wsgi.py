@@ -289,16 +289,7 @@ def test_flask_config_convenience(captured: Captured) -> None:
         LemmaFlask(app, agent="typo")
 
 
-def test_no_keys_serves_untraced(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in (
-        "LANGFUSE_PUBLIC_KEY",
-        "LANGFUSE_SECRET_KEY",
-        "LEMMA_API_KEY",
-        "LEMMA_PROJECT_ID",
-        "LEMMA_OTLP_ENDPOINT",
-    ):
-        monkeypatch.delenv(name, raising=False)
-
+def test_no_keys_serves_untraced(no_destinations: None) -> None:
     def plain(environ: Any, start_response: Any) -> list[bytes]:
         start_response("200 OK", [])
         return [b"ok"]

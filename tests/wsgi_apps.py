@@ -9,27 +9,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flask import Flask, Response, abort, g, request, stream_with_context
-from langfuse import Langfuse, observe
+from langfuse import Langfuse
 from werkzeug.test import EnvironBuilder
 
 from lemma_middleware import LemmaWSGIMiddleware, bind, set_input, set_output
+
+from .agent_steps import agent_steps
 
 
 def make_flask_app(client: Langfuse, **options: Any) -> Flask:
     app = Flask(__name__)
 
-    @observe(name="llm-call", as_type="generation")
-    def observed_llm(text: str) -> str:
-        return text.upper()
-
-    public_key = client._resources.public_key  # @observe needs it with several clients
-
-    def llm(text: str) -> str:
-        return str(observed_llm(text, langfuse_public_key=public_key))  # type: ignore[call-arg]
-
-    def tool(name: str) -> str:
-        with client.start_as_current_observation(name=name, as_type="tool"):
-            return name
+    llm, tool = agent_steps(client)
 
     @app.before_request
     def authenticate() -> None:
