@@ -10,9 +10,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .capture import BodyCapture
 from .identity import log_once
-from .tracing import RequestInfo, RequestTrace, Tracing
+from .tracing import Exchange, RequestInfo, Tracing
 
 logger = logging.getLogger("lemma_middleware")
 
@@ -71,44 +70,19 @@ def _header_map(raw_headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
     return headers
 
 
-class TracedExchange:
+class TracedExchange(Exchange):
     """One traced request: wraps ``receive`` and ``send`` to copy bodies as they pass."""
 
-    __slots__ = (
-        "app",
-        "completed_at",
-        "disconnected",
-        "receive",
-        "request_body",
-        "request_headers",
-        "response_body",
-        "response_content_encoding",
-        "response_content_type",
-        "scope",
-        "send",
-        "status",
-        "trace",
-        "tracing",
-    )
+    __slots__ = ("app", "receive", "scope", "send")
 
     def __init__(
         self, app: ASGIApp, tracing: Tracing, scope: Scope, receive: Receive, send: Send
     ) -> None:
+        super().__init__(tracing, {})
         self.app = app
-        self.tracing = tracing
         self.scope = scope
         self.receive = receive
         self.send = send
-        self.status: int | None = None
-        self.completed_at: int | None = None
-        self.disconnected = False
-        self.response_content_type: str | None = None
-        self.response_content_encoding: str | None = None
-        limit = tracing.max_body_bytes
-        self.request_body = BodyCapture(limit) if tracing.capture_input else None
-        self.response_body = BodyCapture(limit) if tracing.capture_output else None
-        self.request_headers: dict[str, str] = {}
-        self.trace: RequestTrace | None = None
 
     async def run(self) -> None:
         scope = self.scope
@@ -148,25 +122,9 @@ class TracedExchange:
             raise
         finally:
             trace.deactivate(token)
-            self._finish(trace, error)
-
-    def _finish(self, trace: RequestTrace, error: BaseException | None) -> None:
-        route = self.scope.get("route")
-        route_path = getattr(route, "path", None)
-        headers = self.request_headers
-        trace.finish(
-            request_body=self.request_body,
-            request_content_type=headers.get("content-type"),
-            request_content_encoding=headers.get("content-encoding"),
-            status=self.status,
-            response_body=self.response_body,
-            response_content_type=self.response_content_type,
-            response_content_encoding=self.response_content_encoding,
-            route=route_path if isinstance(route_path, str) else None,
-            error=error,
-            disconnected=self.disconnected and self.completed_at is None,
-            end_time_ns=self.completed_at,
-        )
+            route_path = getattr(scope.get("route"), "path", None)
+            self.route = route_path if isinstance(route_path, str) else None
+            self.finish(error)
 
     async def receive_wrapper(self) -> Message:
         message = await self.receive()

@@ -274,6 +274,44 @@ class Tracing:
             self.langfuse.flush()
 
 
+class Exchange:
+    """What an adapter observes of one request and its response as they pass through."""
+
+    __slots__ = (
+        "completed_at",
+        "disconnected",
+        "request_body",
+        "request_headers",
+        "response_body",
+        "response_content_encoding",
+        "response_content_type",
+        "route",
+        "status",
+        "trace",
+        "tracing",
+    )
+
+    def __init__(self, tracing: Tracing, request_headers: Mapping[str, str]) -> None:
+        self.tracing = tracing
+        self.request_headers = request_headers
+        """Lower-cased names, the first value of repeated headers."""
+        self.request_body = BodyCapture(tracing.max_body_bytes) if tracing.capture_input else None
+        self.response_body = BodyCapture(tracing.max_body_bytes) if tracing.capture_output else None
+        self.status: int | None = None
+        self.route: str | None = None
+        self.response_content_type: str | None = None
+        self.response_content_encoding: str | None = None
+        self.completed_at: int | None = None
+        """When the last body chunk was sent (ns); the root's end time."""
+        self.disconnected = False
+        self.trace: RequestTrace | None = None
+
+    def finish(self, error: BaseException | None = None) -> None:
+        """Record the request on its root and end it (idempotent)."""
+        if self.trace is not None:
+            self.trace.finish(self, error)
+
+
 class RequestTrace:
     """The root observation of one request, and everything recorded on it."""
 
@@ -481,38 +519,13 @@ class RequestTrace:
 
     # recording ----------------------------------------------------------------
 
-    def finish(
-        self,
-        *,
-        request_body: BodyCapture | None,
-        request_content_type: str | None,
-        request_content_encoding: str | None,
-        status: int | None,
-        response_body: BodyCapture | None,
-        response_content_type: str | None,
-        response_content_encoding: str | None,
-        route: str | None,
-        error: BaseException | None,
-        disconnected: bool,
-        end_time_ns: int | None,
-    ) -> None:
+    def finish(self, exchange: Exchange, error: BaseException | None = None) -> None:
         """Record input, output, outcome and metadata on the root and end it (once)."""
         if self._finished:
             return
         self._finished = True
         try:
-            self._record(
-                request_body,
-                request_content_type,
-                request_content_encoding,
-                status,
-                response_body,
-                response_content_type,
-                response_content_encoding,
-                route,
-                error,
-                disconnected,
-            )
+            self._record(exchange, error)
         except Exception as failure:
             log_once(
                 f"finish:{type(failure).__name__}",
@@ -522,24 +535,14 @@ class RequestTrace:
                 failure,
             )
         finally:
-            self.root.end(end_time=end_time_ns)
+            self.root.end(end_time=exchange.completed_at)
 
-    def _record(
-        self,
-        request_body: BodyCapture | None,
-        request_content_type: str | None,
-        request_content_encoding: str | None,
-        status: int | None,
-        response_body: BodyCapture | None,
-        response_content_type: str | None,
-        response_content_encoding: str | None,
-        route: str | None,
-        error: BaseException | None,
-        disconnected: bool,
-    ) -> None:
+    def _record(self, exchange: Exchange, error: BaseException | None) -> None:
         tracing = self.tracing
         self.sync_auth_user()
         error = error or self.handled_error
+        request_body, response_body = exchange.request_body, exchange.response_body
+        status = exchange.status
         limit = max(tracing.max_body_bytes, 1024) + 200  # room for a truncation marker
         attributes: dict[str, Any] = {}
 
@@ -550,8 +553,8 @@ class RequestTrace:
             if request_body is not None and request_body.total:
                 recorded_input = render_body(
                     request_body,
-                    request_content_type,
-                    request_content_encoding,
+                    exchange.request_headers.get("content-type"),
+                    exchange.request_headers.get("content-encoding"),
                     tracing.redactor,
                     "request",
                 )
@@ -570,8 +573,8 @@ class RequestTrace:
         elif tracing.capture_output and error is None and response_body is not None:
             recorded_output = render_body(
                 response_body,
-                response_content_type,
-                response_content_encoding,
+                exchange.response_content_type,
+                exchange.response_content_encoding,
                 tracing.redactor,
                 "response",
             )
@@ -586,6 +589,7 @@ class RequestTrace:
         attributes["http.request.method"] = method
         attributes["langfuse.trace.metadata.http.method"] = _json(method)
         attributes["url.path"] = self.request.path
+        route = exchange.route
         if route:
             attributes["http.route"] = route
             attributes["langfuse.trace.metadata.http.route"] = _json(route)
@@ -597,7 +601,7 @@ class RequestTrace:
         message: str | None = None
         if error is not None:
             level, message = "ERROR", f"{type(error).__name__}: {error}"[:500]
-        elif disconnected:
+        elif exchange.disconnected and exchange.completed_at is None:
             level, message = "WARNING", "client disconnected before the response was complete"
             attributes["langfuse.trace.metadata.http.client_disconnected"] = "true"
         elif status is None:

@@ -11,7 +11,7 @@ from typing import Any
 
 from .capture import BodyCapture
 from .identity import log_once, user_id_from_auth_user
-from .tracing import RequestInfo, RequestTrace, Tracing
+from .tracing import Exchange, RequestInfo, Tracing
 
 logger = logging.getLogger("lemma_middleware")
 
@@ -174,28 +174,22 @@ class TeeInput:
         return getattr(self._stream, name)
 
 
-class TracedWSGIExchange:
+class TracedWSGIExchange(Exchange):
     """One traced WSGI request: tees the input, wraps start_response and the iterable."""
 
+    __slots__ = ("environ",)
+
     def __init__(self, tracing: Tracing, environ: Environ, method: str, path: str) -> None:
-        self.tracing = tracing
+        super().__init__(tracing, _wsgi_headers(environ))
         self.environ = environ
-        self.status: int | None = None
-        self.route: str | None = None
-        self.completed_at: int | None = None
-        self.response_content_type: str | None = None
-        self.response_content_encoding: str | None = None
-        self.request_body = BodyCapture(tracing.max_body_bytes) if tracing.capture_input else None
-        self.response_body = BodyCapture(tracing.max_body_bytes) if tracing.capture_output else None
-        self.headers = _wsgi_headers(environ)
         if self.request_body is not None and "wsgi.input" in environ:
             environ["wsgi.input"] = TeeInput(environ["wsgi.input"], self.request_body)
-        self.trace: RequestTrace | None = tracing.start(
+        self.trace = tracing.start(
             RequestInfo(
                 method=method,
                 path=path,
                 query_string=environ.get("QUERY_STRING", ""),
-                headers=self.headers,
+                headers=self.request_headers,
                 request=environ,
                 auth_user=lambda: auth_user_of(environ),
             )
@@ -209,7 +203,7 @@ class TracedWSGIExchange:
             result = app(self.environ, self._start_response(start_response))
         except BaseException as error:
             trace.deactivate(token)
-            self.finish(error, disconnected=False)
+            self.finish(error)
             raise
         trace.deactivate(token)
         return TracedBody(self, result)
@@ -248,25 +242,6 @@ class TracedWSGIExchange:
             self.trace.sync_auth_user()  # Flask's request context is still active here
         self.route = flask_route()
 
-    def finish(self, error: BaseException | None, *, disconnected: bool) -> None:
-        trace = self.trace
-        if trace is None:
-            return
-        route = self.route
-        trace.finish(
-            request_body=self.request_body,
-            request_content_type=self.headers.get("content-type"),
-            request_content_encoding=self.headers.get("content-encoding"),
-            status=self.status,
-            response_body=self.response_body,
-            response_content_type=self.response_content_type,
-            response_content_encoding=self.response_content_encoding,
-            route=route if isinstance(route, str) else None,
-            error=error,
-            disconnected=disconnected,
-            end_time_ns=self.completed_at,
-        )
-
 
 class TracedBody:
     """The app's response iterable, iterated inside the request's context.
@@ -296,11 +271,11 @@ class TracedBody:
         except StopIteration:
             exchange.completed_at = time.time_ns()
             self._done = True
-            exchange.finish(None, disconnected=False)
+            exchange.finish()
             raise
         except BaseException as error:
             self._done = True
-            exchange.finish(error, disconnected=False)
+            exchange.finish(error)
             raise
         finally:
             trace.deactivate(token)
@@ -321,4 +296,5 @@ class TracedBody:
                 finally:
                     trace.deactivate(token)
         finally:
-            exchange.finish(None, disconnected=not self._done)
+            exchange.disconnected = not self._done
+            exchange.finish()
