@@ -9,9 +9,9 @@ send real exports to it; nothing leaves the machine.
 from __future__ import annotations
 
 import base64
-import gzip
 import json
 import threading
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -66,12 +66,39 @@ def _value(value: AnyValue) -> Any:
     return getattr(value, kind) if kind else None
 
 
+_ID_FIELDS = ("traceId", "spanId", "parentSpanId")
+
+
+def _hex_ids_to_base64(document: Any) -> Any:
+    """OTLP/JSON writes trace and span ids as hex; protobuf's JSON mapping wants base64."""
+    for resource_spans in document.get("resourceSpans", []) if isinstance(document, dict) else []:
+        for scope_spans in resource_spans.get("scopeSpans", []):
+            for span in scope_spans.get("spans", []):
+                for item in (span, *span.get("links", [])):
+                    for key in _ID_FIELDS:
+                        value = item.get(key)
+                        if isinstance(value, str) and value and len(value) in (16, 32):
+                            try:
+                                item[key] = base64.b64encode(bytes.fromhex(value)).decode()
+                            except ValueError:
+                                pass  # already base64
+    return document
+
+
+def _gunzip(body: bytes, limit: int) -> bytes:
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    data = inflater.decompress(body, limit)
+    if inflater.unconsumed_tail:
+        raise ValueError(f"decompressed payload over {limit} bytes")
+    return data
+
+
 def decode_export(body: bytes, content_type: str) -> list[ReceivedSpan]:
     """Decode an OTLP export body (protobuf or JSON); raises ValueError when malformed."""
     message = ExportTraceServiceRequest()
     try:
         if content_type.startswith("application/json"):
-            json_format.Parse(body.decode("utf-8"), message)
+            json_format.ParseDict(_hex_ids_to_base64(json.loads(body)), message)
         else:
             message.ParseFromString(body)
     except Exception as error:
@@ -201,9 +228,12 @@ class OTLPReceiver:
         headers = {k.lower(): v for k, v in handler.headers.items()}
         if path not in TRACE_PATHS:
             return self._reject(handler, 404, f"unknown path {path}")
-        length = int(headers.get("content-length") or 0)
+        if "content-length" not in headers:
+            return self._reject(handler, 411, "Content-Length required")
+        length = int(headers["content-length"] or 0)
         if length > MAX_BODY_BYTES:
-            return self._reject(handler, 413, "payload too large")
+            _discard(handler, length)
+            return self._reject(handler, 413, f"payload over {MAX_BODY_BYTES} bytes")
         body = handler.rfile.read(length)
         if not self._authorised(headers):
             return self._reject(handler, 401, "bad or missing credentials")
@@ -213,18 +243,31 @@ class OTLPReceiver:
         compressed = headers.get("content-encoding", "").lower() == "gzip"
         try:
             if compressed:
-                body = gzip.decompress(body)
+                body = _gunzip(body, MAX_BODY_BYTES)
             spans = decode_export(body, content_type)
         except Exception as error:
             return self._reject(handler, 400, str(error)[:200])
+        if self.on_spans is not None:
+            try:
+                self.on_spans(spans)
+            except Exception as error:
+                return self._reject(handler, 500, f"could not store spans: {error}"[:200])
         with self._changed:
             self.requests.append(ReceivedRequest(path, headers, content_type, compressed, spans))
             self._changed.notify_all()
-        if self.on_spans is not None:
-            self.on_spans(spans)
         answer = ExportTraceServiceResponse().SerializeToString()
         handler.send_response(200)
         handler.send_header("Content-Type", "application/x-protobuf")
         handler.send_header("Content-Length", str(len(answer)))
         handler.end_headers()
         handler.wfile.write(answer)
+
+
+def _discard(handler: BaseHTTPRequestHandler, length: int) -> None:
+    """Read and drop an oversized body in bounded chunks, so the client gets the answer."""
+    remaining = min(length, 8 * MAX_BODY_BYTES)
+    while remaining > 0:
+        chunk = handler.rfile.read(min(remaining, 1 << 20))
+        if not chunk:
+            break
+        remaining -= len(chunk)
