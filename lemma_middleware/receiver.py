@@ -9,6 +9,7 @@ send real exports to it; nothing leaves the machine.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import threading
 import zlib
@@ -78,10 +79,8 @@ def _hex_ids_to_base64(document: Any) -> Any:
                     for key in _ID_FIELDS:
                         value = item.get(key)
                         if isinstance(value, str) and value and len(value) in (16, 32):
-                            try:
+                            with contextlib.suppress(ValueError):  # else already base64
                                 item[key] = base64.b64encode(bytes.fromhex(value)).decode()
-                            except ValueError:
-                                pass  # already base64
     return document
 
 
