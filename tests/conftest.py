@@ -2,76 +2,33 @@
 
 from __future__ import annotations
 
-import itertools
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from langfuse import Langfuse
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace import ReadableSpan
 
-from lemma_middleware import build_client
+from lemma_middleware.contract import check_traces
+from lemma_middleware.testing import TraceCapture
 
-_keys = itertools.count()
-
-
-@dataclass
-class Captured:
-    """A real Langfuse client and the spans it exported."""
-
-    client: Langfuse
-    exporter: InMemorySpanExporter
-    provider: TracerProvider
-
-    def spans(self) -> list[ReadableSpan]:
-        self.client.flush()
-        return list(self.exporter.get_finished_spans())
-
-    def roots(self) -> list[ReadableSpan]:
-        return [s for s in self.spans() if s.parent is None]
-
-    def root(self) -> ReadableSpan:
-        roots = self.roots()
-        assert len(roots) == 1, [s.name for s in roots]
-        return roots[0]
-
-    def children(self, root: ReadableSpan) -> list[ReadableSpan]:
-        return [
-            s for s in self.spans() if s.context.trace_id == root.context.trace_id and s is not root
-        ]
+Captured = TraceCapture
 
 
 @pytest.fixture
-def captured() -> Iterator[Captured]:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    client = build_client(
-        span_exporter=exporter,
-        tracer_provider=provider,
-        public_key=f"pk-test-{next(_keys)}",
-        flush_interval=0.05,
-    )
-    assert client is not None
-    yield Captured(client, exporter, provider)
-    provider.shutdown()
+def captured(lemma_traces: TraceCapture) -> TraceCapture:
+    """The project's tests use the same fixture users get (``lemma_traces``)."""
+    return lemma_traces
 
 
 def assert_tree_whole(spans: list[ReadableSpan]) -> None:
-    """One parentless root per trace, and every exported span's parent exported too."""
-    ids = {s.context.span_id for s in spans}
-    by_trace: dict[int, list[ReadableSpan]] = {}
+    """One parentless root per trace, every exported span's parent exported too, and no
+    child marked as a trace root."""
+    whole = [v for v in check_traces(spans) if v.rule == "single-root"]
+    assert not whole, [str(v) for v in whole]
     for span in spans:
-        by_trace.setdefault(span.context.trace_id, []).append(span)
-    for trace_spans in by_trace.values():
-        roots = [s for s in trace_spans if s.parent is None]
-        assert len(roots) == 1, [s.name for s in roots]
-        for span in trace_spans:
-            if span.parent is not None:
-                assert span.parent.span_id in ids, f"{span.name} has an unexported parent"
-                assert not span.attributes.get("langfuse.internal.is_app_root"), span.name
+        if span.parent is not None:
+            assert not span.attributes.get("langfuse.internal.is_app_root"), span.name
 
 
 class _InternalErrors(logging.Handler):
