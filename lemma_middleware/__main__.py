@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import dataclasses
+import datetime
 import json
 import os
 import sys
