@@ -5,7 +5,7 @@ network). Pass it to the middleware and assert on what your app produced::
 
     def test_chat_traces_are_conformant(lemma_traces):
         app = create_app()
-        app.add_middleware(LemmaMiddleware, agent_name="support-agent", langfuse=lemma_traces.client)
+        app.add_middleware(LemmaMiddleware, agent_name="agent", langfuse=lemma_traces.client)
         TestClient(app).post("/chat", json={"message": "hi"}, headers={"x-conversation-id": "t1"})
         lemma_traces.assert_conformant()
         assert lemma_traces.root().attributes["session.id"] == "t1"
