@@ -11,26 +11,27 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from lemma_middleware.receiver import OTLPReceiver, ReceivedSpan
+from lemma_middleware.__main__ import main as cli
+from lemma_middleware.inbox import Inbox, SpanStore, roots_of
 
 PUBLIC_KEY, SECRET_KEY = "pk-lf-demo", "sk-lf-demo"
 ROOT = Path(__file__).resolve().parents[1]
 
 SCRIPT = [
     # (token, thread, message, streaming)
-    ("token-alice", "thread-alice-1", "Hi, my order arrived broken", False),
-    ("token-alice", "thread-alice-1", "I would like a refund", True),
-    ("token-alice", "thread-alice-1", "Thanks!", False),
-    ("token-bob", "thread-bob-1", "Where is my parcel?", False),
-    ("token-bob", "thread-bob-1", "crash", False),
-    ("token-bob", "thread-bob-1", "Never mind, found it", False),
+    ("token-alice", "thread-alice", "Hi, my order arrived broken", False),
+    ("token-alice", "thread-alice", "I would like a refund", True),
+    ("token-alice", "thread-alice", "Thanks!", False),
+    ("token-bob", "thread-bob", "Where is my parcel?", False),
+    ("token-bob", "thread-bob", "crash", False),
+    ("token-bob", "thread-bob", "Never mind, found it", False),
 ]
 
 
@@ -82,9 +83,12 @@ def start_gunicorn(
     return start_server([*command, *(["--preload"] if preload else []), app], port, env)
 
 
-def play(base_url: str) -> None:
+def play(base_url: str, prefix: str) -> None:
+    """Play the scripted conversation; thread ids get ``prefix`` so the two apps' threads
+    stay apart in the inbox."""
     # One connection per turn: uvicorn closes a connection after an unhandled exception.
-    for token, thread, message, streaming in SCRIPT:
+    for token, thread_name, message, streaming in SCRIPT:
+        thread = f"{prefix}-{thread_name}"
         with httpx.Client(base_url=base_url, timeout=10) as client:
             headers = {
                 "authorization": f"Bearer {token}",
@@ -97,30 +101,10 @@ def play(base_url: str) -> None:
             print(f"  {thread} {message!r:34} -> {response.status_code} trace {trace_id}")
 
 
-def summarise(spans: list[ReceivedSpan]) -> None:
-    by_trace: dict[str, list[ReceivedSpan]] = defaultdict(list)
-    for span in spans:
-        by_trace[span.trace_id].append(span)
-    roots = sorted((s for s in spans if s.parent_span_id is None), key=lambda s: s.start_ns)
-    print(f"\nreceived {len(spans)} spans in {len(by_trace)} traces")
-    for root in roots:
-        a = root.attributes
-        children = [s.name for s in by_trace[root.trace_id] if s is not root]
-        print(
-            f"  thread={a.get('session.id')} user={a.get('user.id')} "
-            f"tenant={a.get('app.tenant.id')} agent={a.get('langfuse.trace.name')} "
-            f"service={root.resource.get('service.name')} "
-            f"level={a.get('langfuse.observation.level', 'DEFAULT')}"
-        )
-        print(f"    input : {str(a.get('langfuse.trace.input'))[:80]}")
-        output = a.get("langfuse.trace.output", a.get("langfuse.observation.status_message"))
-        print(f"    output: {str(output)[:80]}")
-        print(f"    children: {children}")
-
-
 SERVERS = [
-    ("FastAPI example under uvicorn", start_uvicorn, "examples.fastapi_app.app:app"),
+    ("fastapi", "FastAPI example under uvicorn", start_uvicorn, "examples.fastapi_app.app:app"),
     (
+        "flask",
         "Flask example under gunicorn (2 workers, gthread)",
         start_gunicorn,
         "examples.flask_app.app:app",
@@ -128,34 +112,48 @@ SERVERS = [
 ]
 
 
-def run_one(label: str, start: Any, app: str) -> bool:
-    """Play the script against one example app; True when every turn arrived as a trace."""
-    with OTLPReceiver(keys={PUBLIC_KEY: SECRET_KEY}) as receiver:
-        env = {
-            **os.environ,
-            "LANGFUSE_PUBLIC_KEY": os.environ.get("LANGFUSE_PUBLIC_KEY", PUBLIC_KEY),
-            "LANGFUSE_SECRET_KEY": os.environ.get("LANGFUSE_SECRET_KEY", SECRET_KEY),
-            "LANGFUSE_HOST": os.environ.get("LANGFUSE_HOST", receiver.base_url),
-        }
-        print(f"\n== {label}; traces go to {env['LANGFUSE_HOST']}")
-        server, url = start(app, env)
-        try:
-            play(url)
-        finally:
-            server.send_signal(signal.SIGTERM)  # shutdown flushes pending traces
-            server.wait(timeout=30)
-        if env["LANGFUSE_HOST"] != receiver.base_url:
-            return True  # sent to the configured host instead
-        receiver.wait_for(
-            lambda spans: sum(s.parent_span_id is None for s in spans) >= len(SCRIPT), 10
-        )
-        summarise(receiver.spans)
-        return sum(s.parent_span_id is None for s in receiver.spans) == len(SCRIPT)
+def run_one(prefix: str, label: str, start: Any, app: str, env: dict[str, str]) -> None:
+    """Play the script against one example app, then stop it (which flushes its traces)."""
+    print(f"\n== {label}")
+    server, url = start(app, env)
+    try:
+        play(url, prefix)
+    finally:
+        server.send_signal(signal.SIGTERM)  # shutdown flushes pending traces
+        server.wait(timeout=30)
 
 
 def main() -> int:
-    results = [run_one(label, start, app) for label, start, app in SERVERS]
-    return 0 if all(results) else 1
+    own_host = "LANGFUSE_HOST" in os.environ and "LANGFUSE_PUBLIC_KEY" in os.environ
+    with tempfile.TemporaryDirectory() as folder:
+        db = str(Path(folder) / "lemma-inbox.sqlite3")
+        with Inbox(db, port=0, keys={PUBLIC_KEY: SECRET_KEY}) as inbox:
+            env = dict(os.environ)
+            if not own_host:
+                env |= {
+                    "LANGFUSE_PUBLIC_KEY": PUBLIC_KEY,
+                    "LANGFUSE_SECRET_KEY": SECRET_KEY,
+                    "LANGFUSE_HOST": inbox.base_url,
+                }
+            print(f"inbox on {inbox.base_url} ({db}); traces go to {env['LANGFUSE_HOST']}")
+            for prefix, label, start, app in SERVERS:
+                run_one(prefix, label, start, app, env)
+            if own_host:
+                print("\ntraces were sent to LANGFUSE_HOST; the local inbox was not used")
+                return 0
+            expected = len(SCRIPT) * len(SERVERS)
+            deadline = time.monotonic() + 10
+            while len(roots_of(SpanStore(db).spans())) < expected and time.monotonic() < deadline:
+                time.sleep(0.1)
+        print("\n$ lemma-middleware threads")
+        cli(["--db", db, "threads"])
+        print("\n$ lemma-middleware show flask-thread-alice")
+        cli(["--db", db, "show", "flask-thread-alice"])
+        print("\n$ lemma-middleware check")
+        verdict = cli(["--db", db, "check"])
+        arrived = len(roots_of(SpanStore(db).spans()))
+    print(f"\n{arrived} of {expected} turns arrived as traces")
+    return verdict if arrived == expected else 1
 
 
 if __name__ == "__main__":

@@ -562,6 +562,9 @@ class RequestTrace:
                 recorded_input = query_dict(self.request.query_string, tracing.redactor)
             if tracing.input_from is not None and recorded_input is not None:
                 recorded_input = _call_guarded("input_from", tracing.input_from, recorded_input)
+        if recorded_input is None and tracing.capture_input:
+            # Nothing read and no query: name the request rather than leave the root empty.
+            recorded_input = f"{self.request.method} {self.request.path}"
         if recorded_input is not None:
             text = _serialise(recorded_input, limit)
             attributes["langfuse.observation.input"] = text
@@ -580,6 +583,8 @@ class RequestTrace:
             )
             if tracing.output_from is not None and recorded_output is not None:
                 recorded_output = _call_guarded("output_from", tracing.output_from, recorded_output)
+        if recorded_output is None and tracing.capture_output and error is None and status:
+            recorded_output = f"<empty body, HTTP {status}>"
         if recorded_output is not None:
             text = _serialise(recorded_output, limit)
             attributes["langfuse.observation.output"] = text

@@ -1,0 +1,178 @@
+"""The local inbox: real SDK exports stored in SQLite, bad input refused, views and checker."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from google.protobuf.json_format import MessageToDict
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.sdk.trace import TracerProvider
+
+from lemma_middleware import build_client
+from lemma_middleware.__main__ import main
+from lemma_middleware.inbox import Inbox, SpanStore
+
+from .apps import make_app
+from .conftest import Captured
+from .test_trace_contract import post
+
+KEYS = {"pk-inbox": "sk-inbox"}
+AUTH = {"authorization": "Basic " + base64.b64encode(b"pk-inbox:sk-inbox").decode()}
+TURNS = [("alice", "thread-a", "hello"), ("alice", "thread-a", "more"), ("bob", "thread-b", "hi")]
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "inbox.sqlite3"
+
+
+@pytest.fixture
+def inbox(db: Path) -> Iterator[Inbox]:
+    lines: list[str] = []
+    with Inbox(db, port=0, keys=KEYS, announce=lines.append) as running:
+        running.lines = lines  # type: ignore[attr-defined]
+        yield running
+
+
+async def play(client: object) -> None:
+    app = make_app(client)  # type: ignore[arg-type]
+    for user, thread, message in TURNS:
+        headers = {"x-user-id": user, "x-conversation-id": thread, "x-tenant-id": "acme"}
+        assert (await post(app, f"/chat/{thread}", json={"message": message}, headers=headers)).status_code == 200
+
+
+async def test_real_sdk_export_round_trip_and_one_line_per_trace(inbox: Inbox, db: Path) -> None:
+    client = build_client(
+        langfuse_public_key="pk-inbox", langfuse_secret_key="sk-inbox", langfuse_host=inbox.base_url,
+        tracer_provider=TracerProvider(),
+    )
+    assert client is not None
+    await play(client)
+    client.flush()
+    spans = SpanStore(db).spans()
+    assert len(spans) == 6
+    assert inbox.receiver.requests[0].gzip  # the SDK sends gzip protobuf
+    lines = inbox.lines  # type: ignore[attr-defined]
+    assert len(lines) == 3 and all("agent=support-agent" in line for line in lines)
+    assert "thread=thread-a user=alice tenant=acme" in lines[0]
+
+
+def otlp_json(captured: Captured) -> bytes:
+    document = MessageToDict(encode_spans(captured.spans()))
+    for resource_spans in document["resourceSpans"]:  # OTLP/JSON: ids in hex
+        for scope_spans in resource_spans["scopeSpans"]:
+            for span in scope_spans["spans"]:
+                for key in ("traceId", "spanId", "parentSpanId"):
+                    if key in span:
+                        span[key] = base64.b64decode(span[key]).hex()
+    return json.dumps(document).encode()
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+async def test_otlp_json_export_is_accepted_gzip_or_not(
+    inbox: Inbox, db: Path, captured: Captured, compressed: bool
+) -> None:
+    await play(captured.client)
+    body = otlp_json(captured)
+    headers = {**AUTH, "content-type": "application/json"}
+    if compressed:
+        body, headers["content-encoding"] = gzip.compress(body), "gzip"
+    response = httpx.post(f"{inbox.base_url}/api/public/otel/v1/traces", content=body, headers=headers)
+    assert response.status_code == 200
+    stored = SpanStore(db).spans()
+    expected = {(format(s.context.trace_id, "032x"), format(s.context.span_id, "016x")) for s in captured.spans()}
+    assert {(s.trace_id, s.span_id) for s in stored} == expected
+
+
+@pytest.mark.parametrize(
+    ("headers", "body", "status"),
+    [
+        ({"content-type": "application/x-protobuf"}, b"\n\x05", 401),  # no credentials
+        ({"authorization": "Basic " + base64.b64encode(b"pk-inbox:wrong").decode(), "content-type": "application/x-protobuf"}, b"", 401),
+        ({**AUTH, "content-type": "text/plain"}, b"hello", 415),
+        ({**AUTH, "content-type": "application/x-protobuf"}, b"\x0a\xff\xff\xff", 400),  # truncated
+        ({**AUTH, "content-type": "application/json"}, b'{"resourceSpans": [', 400),
+        ({**AUTH, "content-type": "application/x-protobuf", "content-encoding": "gzip"}, b"not gzip", 400),
+        ({**AUTH, "content-type": "application/x-protobuf"}, b"\0" * (20 * 1024 * 1024), 413),
+    ],
+    ids=["no-auth", "bad-secret", "content-type", "truncated-protobuf", "broken-json", "bad-gzip", "20MB"],
+)
+def test_bad_requests_get_a_clear_4xx_and_store_nothing(
+    inbox: Inbox, db: Path, headers: dict[str, str], body: bytes, status: int
+) -> None:
+    response = httpx.post(f"{inbox.base_url}/api/public/otel/v1/traces", content=body, headers=headers, timeout=30)
+    assert response.status_code == status
+    assert response.json()["error"]
+    assert SpanStore(db).spans() == []
+
+
+async def test_a_truncated_real_payload_is_refused_whole(inbox: Inbox, db: Path, captured: Captured) -> None:
+    await play(captured.client)
+    payload = encode_spans(captured.spans()).SerializeToString()
+    response = httpx.post(
+        f"{inbox.base_url}/api/public/otel/v1/traces", content=payload[: len(payload) // 2],
+        headers={**AUTH, "content-type": "application/x-protobuf"},
+    )
+    assert response.status_code == 400
+    assert SpanStore(db).spans() == []
+
+
+async def test_data_survives_a_restart_and_concurrent_writers_are_safe(db: Path, captured: Captured) -> None:
+    await play(captured.client)
+    payload = encode_spans(captured.spans()).SerializeToString()
+    with Inbox(db, port=0, keys=KEYS, announce=None) as first:
+        url = f"{first.base_url}/api/public/otel/v1/traces"
+        results: list[int] = []
+
+        def send() -> None:
+            for _ in range(10):
+                results.append(httpx.post(url, content=payload, headers={**AUTH, "content-type": "application/x-protobuf"}).status_code)
+
+        threads = [threading.Thread(target=send) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert results == [200] * 80
+    with Inbox(db, port=0, keys=KEYS, announce=None):
+        assert len(SpanStore(db).spans()) == 6  # re-sent spans replace, nothing duplicated
+
+
+async def test_threads_show_and_check_commands(db: Path, captured: Captured, capsys: pytest.CaptureFixture[str]) -> None:
+    await play(captured.client)
+    from lemma_middleware.contract import as_records
+
+    SpanStore(db).add(as_records(captured.spans()))
+    assert main(["--db", str(db), "threads"]) == 0
+    out = capsys.readouterr().out
+    assert "thread-a" in out and "alice" in out and "acme" in out
+    assert main(["--db", str(db), "threads", "--json"]) == 0
+    threads = {t["thread_id"]: t for t in json.loads(capsys.readouterr().out)}
+    assert threads["thread-a"]["turns"] == 2 and threads["thread-a"]["users"] == ["alice"]
+    assert threads["thread-b"]["turns"] == 1
+    assert main(["--db", str(db), "show", "thread-a"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("turn ") == 2 and "- support-agent [agent]" in out and "  - llm-call [generation]" in out
+    assert 'in : {"message": "hello"}' in out
+    assert main(["--db", str(db), "show", "nope"]) == 1
+    capsys.readouterr()
+    assert main(["--db", str(db), "check"]) == 0
+    assert "checked 3 traces: conformant" in capsys.readouterr().out
+
+
+def test_check_exits_non_zero_on_violations(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from .test_contract_checker import span
+
+    SpanStore(db).add([span("r", None, {})])
+    assert main(["--db", str(db), "check"]) == 1
+    out = capsys.readouterr().out
+    assert "input: root has no input" in out and "checked 1 traces: 1 with violations" in out
+    assert main(["--db", str(db), "check", "--json"]) == 1
+    assert {v["rule"] for v in json.loads(capsys.readouterr().out)} >= {"input", "user", "thread"}
