@@ -24,11 +24,20 @@ GOOD_ROOT = {
     "lemma.thread_id": "t1",
     "user.id": "u1",
 }
-GOOD_CHILD = {"session.id": "t1", "user.id": "u1", "langfuse.trace.name": "support-agent", "langfuse.observation.type": "generation"}
+GOOD_CHILD = {
+    "session.id": "t1",
+    "user.id": "u1",
+    "langfuse.trace.name": "support-agent",
+    "langfuse.observation.type": "generation",
+}
 
 
-def span(span_id: str, parent: str | None, attributes: dict[str, Any], trace_id: str = "t" * 32) -> ReceivedSpan:
-    return ReceivedSpan(trace_id, span_id, parent, f"span-{span_id}", 0, 1, attributes, {}, "langfuse-sdk", 0)
+def span(
+    span_id: str, parent: str | None, attributes: dict[str, Any], trace_id: str = "t" * 32
+) -> ReceivedSpan:
+    return ReceivedSpan(
+        trace_id, span_id, parent, f"span-{span_id}", 0, 1, attributes, {}, "langfuse-sdk", 0
+    )
 
 
 def rules(spans: list[ReceivedSpan]) -> set[str]:
@@ -45,29 +54,99 @@ def test_a_good_trace_passes() -> None:
         ([span("r", None, GOOD_ROOT), span("x", None, GOOD_ROOT)], "single-root"),  # sibling roots
         ([span("r", None, GOOD_ROOT), span("c", "ghost", GOOD_CHILD)], "single-root"),  # orphan
         ([span("r", None, {**GOOD_ROOT, "gen_ai.agent.name": "support agent!"})], "agent-name"),
-        ([span("r", None, {k: v for k, v in GOOD_ROOT.items() if k != "langfuse.trace.name"})], "agent-name"),
-        ([span("r", None, {k: v for k, v in GOOD_ROOT.items() if k != "langfuse.trace.input"})], "input"),
-        ([span("r", None, {k: v for k, v in GOOD_ROOT.items() if k != "langfuse.trace.output"})], "output-or-error"),
-        ([span("r", None, {**GOOD_ROOT, "langfuse.trace.output": "", "langfuse.observation.level": "ERROR"})], "output-or-error"),
+        (
+            [span("r", None, {k: v for k, v in GOOD_ROOT.items() if k != "langfuse.trace.name"})],
+            "agent-name",
+        ),
+        (
+            [span("r", None, {k: v for k, v in GOOD_ROOT.items() if k != "langfuse.trace.input"})],
+            "input",
+        ),
+        (
+            [span("r", None, {k: v for k, v in GOOD_ROOT.items() if k != "langfuse.trace.output"})],
+            "output-or-error",
+        ),
+        (
+            [
+                span(
+                    "r",
+                    None,
+                    {
+                        **GOOD_ROOT,
+                        "langfuse.trace.output": "",
+                        "langfuse.observation.level": "ERROR",
+                    },
+                )
+            ],
+            "output-or-error",
+        ),
         ([span("r", None, {k: v for k, v in GOOD_ROOT.items() if k != "session.id"})], "thread"),
         ([span("r", None, {k: v for k, v in GOOD_ROOT.items() if k != "user.id"})], "user"),
-        ([span("r", None, {**GOOD_ROOT, "langfuse.trace.input": '{"user": {"password": "hunter2"}}'})], "no-secrets"),
+        (
+            [
+                span(
+                    "r",
+                    None,
+                    {**GOOD_ROOT, "langfuse.trace.input": '{"user": {"password": "hunter2"}}'},
+                )
+            ],
+            "no-secrets",
+        ),
         ([span("r", None, {**GOOD_ROOT, "http.header": "Bearer abcdefghijklmnop"})], "no-secrets"),
-        ([span("r", None, GOOD_ROOT), span("c", "r", {**GOOD_CHILD, "session.id": "other"})], "propagated"),
-        ([span("r", None, GOOD_ROOT), span("c", "r", {k: v for k, v in GOOD_CHILD.items() if k != "user.id"})], "propagated"),
-        ([span("r", None, GOOD_ROOT), span("c", "r", {k: v for k, v in GOOD_CHILD.items() if k != "langfuse.observation.type"})], "typed"),
+        (
+            [span("r", None, GOOD_ROOT), span("c", "r", {**GOOD_CHILD, "session.id": "other"})],
+            "propagated",
+        ),
+        (
+            [
+                span("r", None, GOOD_ROOT),
+                span("c", "r", {k: v for k, v in GOOD_CHILD.items() if k != "user.id"}),
+            ],
+            "propagated",
+        ),
+        (
+            [
+                span("r", None, GOOD_ROOT),
+                span(
+                    "c",
+                    "r",
+                    {k: v for k, v in GOOD_CHILD.items() if k != "langfuse.observation.type"},
+                ),
+            ],
+            "typed",
+        ),
     ],
-    ids=["sibling-roots", "orphan", "bad-agent-name", "no-agent-name", "no-input", "no-output", "error-without-message",
-         "no-thread", "no-user", "unredacted-field", "credential", "wrong-thread-on-child", "no-user-on-child", "untyped-child"],
+    ids=[
+        "sibling-roots",
+        "orphan",
+        "bad-agent-name",
+        "no-agent-name",
+        "no-input",
+        "no-output",
+        "error-without-message",
+        "no-thread",
+        "no-user",
+        "unredacted-field",
+        "credential",
+        "wrong-thread-on-child",
+        "no-user-on-child",
+        "untyped-child",
+    ],
 )
-def test_each_kind_of_violation_is_caught_with_its_trace_id(spans: list[ReceivedSpan], rule: str) -> None:
+def test_each_kind_of_violation_is_caught_with_its_trace_id(
+    spans: list[ReceivedSpan], rule: str
+) -> None:
     violations = check_traces(spans)
     assert rule in {v.rule for v in violations}
     assert all(str(v).startswith("t" * 32 + " ") for v in violations)
 
 
 def test_an_error_with_a_status_message_needs_no_output() -> None:
-    root = {**GOOD_ROOT, "langfuse.observation.level": "ERROR", "langfuse.observation.status_message": "ValueError: x"}
+    root = {
+        **GOOD_ROOT,
+        "langfuse.observation.level": "ERROR",
+        "langfuse.observation.status_message": "ValueError: x",
+    }
     del root["langfuse.trace.output"]
     assert rules([span("r", None, root)]) == set()
 
@@ -77,7 +156,9 @@ async def test_the_middlewares_traces_are_conformant(captured: Captured) -> None
     for path in ("/chat/conv-42", "/children", "/stream", "/background"):
         await post(app, path, json={"message": "hi"}, headers=HEADERS)
     flask_app = make_flask_app(captured.client)
-    call(flask_app, "POST", "/chat/c", json_body={"message": "hi", "password": "pw"}, headers=HEADERS)
+    call(
+        flask_app, "POST", "/chat/c", json_body={"message": "hi", "password": "pw"}, headers=HEADERS
+    )
     call(flask_app, "POST", "/stream", headers=HEADERS)
     call(flask_app, "POST", "/boom", json_body={"message": "x"}, headers=HEADERS)
     captured.assert_conformant()
@@ -86,7 +167,19 @@ async def test_the_middlewares_traces_are_conformant(captured: Captured) -> None
 
 def test_assert_conformant_lists_every_violation() -> None:
     with pytest.raises(ContractViolation, match=r"2 trace contract violation\(s\)") as failure:
-        assert_conformant([span("r", None, {k: v for k, v in GOOD_ROOT.items() if k not in ("user.id", "langfuse.trace.input")})])
+        assert_conformant(
+            [
+                span(
+                    "r",
+                    None,
+                    {
+                        k: v
+                        for k, v in GOOD_ROOT.items()
+                        if k not in ("user.id", "langfuse.trace.input")
+                    },
+                )
+            ]
+        )
     assert "user: root has no user.id" in str(failure.value)
     with pytest.raises(ContractViolation, match="no spans"):
         assert_conformant([])

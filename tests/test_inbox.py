@@ -45,12 +45,16 @@ async def play(client: object) -> None:
     app = make_app(client)  # type: ignore[arg-type]
     for user, thread, message in TURNS:
         headers = {"x-user-id": user, "x-conversation-id": thread, "x-tenant-id": "acme"}
-        assert (await post(app, f"/chat/{thread}", json={"message": message}, headers=headers)).status_code == 200
+        assert (
+            await post(app, f"/chat/{thread}", json={"message": message}, headers=headers)
+        ).status_code == 200
 
 
 async def test_real_sdk_export_round_trip_and_one_line_per_trace(inbox: Inbox, db: Path) -> None:
     client = build_client(
-        langfuse_public_key="pk-inbox", langfuse_secret_key="sk-inbox", langfuse_host=inbox.base_url,
+        langfuse_public_key="pk-inbox",
+        langfuse_secret_key="sk-inbox",
+        langfuse_host=inbox.base_url,
         tracer_provider=TracerProvider(),
     )
     assert client is not None
@@ -84,10 +88,15 @@ async def test_otlp_json_export_is_accepted_gzip_or_not(
     headers = {**AUTH, "content-type": "application/json"}
     if compressed:
         body, headers["content-encoding"] = gzip.compress(body), "gzip"
-    response = httpx.post(f"{inbox.base_url}/api/public/otel/v1/traces", content=body, headers=headers)
+    response = httpx.post(
+        f"{inbox.base_url}/api/public/otel/v1/traces", content=body, headers=headers
+    )
     assert response.status_code == 200
     stored = SpanStore(db).spans()
-    expected = {(format(s.context.trace_id, "032x"), format(s.context.span_id, "016x")) for s in captured.spans()}
+    expected = {
+        (format(s.context.trace_id, "032x"), format(s.context.span_id, "016x"))
+        for s in captured.spans()
+    }
     assert {(s.trace_id, s.span_id) for s in stored} == expected
 
 
@@ -95,36 +104,62 @@ async def test_otlp_json_export_is_accepted_gzip_or_not(
     ("headers", "body", "status"),
     [
         ({"content-type": "application/x-protobuf"}, b"\n\x05", 401),  # no credentials
-        ({"authorization": "Basic " + base64.b64encode(b"pk-inbox:wrong").decode(), "content-type": "application/x-protobuf"}, b"", 401),
+        (
+            {
+                "authorization": "Basic " + base64.b64encode(b"pk-inbox:wrong").decode(),
+                "content-type": "application/x-protobuf",
+            },
+            b"",
+            401,
+        ),
         ({**AUTH, "content-type": "text/plain"}, b"hello", 415),
         ({**AUTH, "content-type": "application/x-protobuf"}, b"\x0a\xff\xff\xff", 400),  # truncated
         ({**AUTH, "content-type": "application/json"}, b'{"resourceSpans": [', 400),
-        ({**AUTH, "content-type": "application/x-protobuf", "content-encoding": "gzip"}, b"not gzip", 400),
+        (
+            {**AUTH, "content-type": "application/x-protobuf", "content-encoding": "gzip"},
+            b"not gzip",
+            400,
+        ),
         ({**AUTH, "content-type": "application/x-protobuf"}, b"\0" * (20 * 1024 * 1024), 413),
     ],
-    ids=["no-auth", "bad-secret", "content-type", "truncated-protobuf", "broken-json", "bad-gzip", "20MB"],
+    ids=[
+        "no-auth",
+        "bad-secret",
+        "content-type",
+        "truncated-protobuf",
+        "broken-json",
+        "bad-gzip",
+        "20MB",
+    ],
 )
 def test_bad_requests_get_a_clear_4xx_and_store_nothing(
     inbox: Inbox, db: Path, headers: dict[str, str], body: bytes, status: int
 ) -> None:
-    response = httpx.post(f"{inbox.base_url}/api/public/otel/v1/traces", content=body, headers=headers, timeout=30)
+    response = httpx.post(
+        f"{inbox.base_url}/api/public/otel/v1/traces", content=body, headers=headers, timeout=30
+    )
     assert response.status_code == status
     assert response.json()["error"]
     assert SpanStore(db).spans() == []
 
 
-async def test_a_truncated_real_payload_is_refused_whole(inbox: Inbox, db: Path, captured: Captured) -> None:
+async def test_a_truncated_real_payload_is_refused_whole(
+    inbox: Inbox, db: Path, captured: Captured
+) -> None:
     await play(captured.client)
     payload = encode_spans(captured.spans()).SerializeToString()
     response = httpx.post(
-        f"{inbox.base_url}/api/public/otel/v1/traces", content=payload[: len(payload) // 2],
+        f"{inbox.base_url}/api/public/otel/v1/traces",
+        content=payload[: len(payload) // 2],
         headers={**AUTH, "content-type": "application/x-protobuf"},
     )
     assert response.status_code == 400
     assert SpanStore(db).spans() == []
 
 
-async def test_data_survives_a_restart_and_concurrent_writers_are_safe(db: Path, captured: Captured) -> None:
+async def test_data_survives_a_restart_and_concurrent_writers_are_safe(
+    db: Path, captured: Captured
+) -> None:
     await play(captured.client)
     payload = encode_spans(captured.spans()).SerializeToString()
     with Inbox(db, port=0, keys=KEYS, announce=None) as first:
@@ -133,7 +168,13 @@ async def test_data_survives_a_restart_and_concurrent_writers_are_safe(db: Path,
 
         def send() -> None:
             for _ in range(10):
-                results.append(httpx.post(url, content=payload, headers={**AUTH, "content-type": "application/x-protobuf"}).status_code)
+                results.append(
+                    httpx.post(
+                        url,
+                        content=payload,
+                        headers={**AUTH, "content-type": "application/x-protobuf"},
+                    ).status_code
+                )
 
         threads = [threading.Thread(target=send) for _ in range(8)]
         for thread in threads:
@@ -145,7 +186,9 @@ async def test_data_survives_a_restart_and_concurrent_writers_are_safe(db: Path,
         assert len(SpanStore(db).spans()) == 6  # re-sent spans replace, nothing duplicated
 
 
-async def test_threads_show_and_check_commands(db: Path, captured: Captured, capsys: pytest.CaptureFixture[str]) -> None:
+async def test_threads_show_and_check_commands(
+    db: Path, captured: Captured, capsys: pytest.CaptureFixture[str]
+) -> None:
     await play(captured.client)
     from lemma_middleware.contract import as_records
 
@@ -159,7 +202,11 @@ async def test_threads_show_and_check_commands(db: Path, captured: Captured, cap
     assert threads["thread-b"]["turns"] == 1
     assert main(["--db", str(db), "show", "thread-a"]) == 0
     out = capsys.readouterr().out
-    assert out.count("turn ") == 2 and "- support-agent [agent]" in out and "  - llm-call [generation]" in out
+    assert (
+        out.count("turn ") == 2
+        and "- support-agent [agent]" in out
+        and "  - llm-call [generation]" in out
+    )
     assert 'in : {"message": "hello"}' in out
     assert main(["--db", str(db), "show", "nope"]) == 1
     capsys.readouterr()
