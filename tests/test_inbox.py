@@ -223,3 +223,49 @@ def test_check_exits_non_zero_on_violations(db: Path, capsys: pytest.CaptureFixt
     assert "input: root has no input" in out and "checked 1 traces: 1 with violations" in out
     assert main(["--db", str(db), "check", "--json"]) == 1
     assert {v["rule"] for v in json.loads(capsys.readouterr().out)} >= {"input", "user", "thread"}
+
+
+async def test_inbox_command_serves_and_stores(db: Path, captured: Captured) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from examples.demo import free_port
+
+    await play(captured.client)
+    payload = encode_spans(captured.spans()).SerializeToString()
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "lemma_middleware",
+        "--db",
+        str(db),
+        "inbox",
+        "--port",
+        str(port),
+        "--key",
+        "pk-inbox:sk-inbox",
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}/api/public/otel/v1/traces"
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                response = httpx.post(
+                    url, content=payload, headers={**AUTH, "content-type": "application/x-protobuf"}
+                )
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        assert response.status_code == 200
+    finally:
+        process.send_signal(signal.SIGINT)
+        out, _ = process.communicate(timeout=10)
+    assert process.returncode == 0
+    assert f"LANGFUSE_HOST=http://127.0.0.1:{port}" in out
+    assert out.count("trace ") == 3  # one line per arriving trace
+    assert len(SpanStore(db).spans()) == 6
