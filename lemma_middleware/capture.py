@@ -67,6 +67,11 @@ class Redactor:
         )
         # name=value in form- or query-like text
         self._pair_text = re.compile(rf"(\b{name}=)[^&\s]*", re.IGNORECASE)
+        self._any_name = re.compile(names.replace("_", "[_-]"))  # searched in lower-cased text
+
+    def may_hold_sensitive(self, text: str) -> bool:
+        """False when no sensitive field name occurs anywhere in ``text`` (a fast pre-check)."""
+        return self._any_name.search(text.lower()) is not None
 
     def is_sensitive(self, key: str) -> bool:
         """True when a field of this name is never recorded."""
@@ -123,6 +128,21 @@ class BodyCapture:
         if len(self._chunks) > 1:
             self._chunks = [b"".join(self._chunks)]
         return self._chunks[0] if self._chunks else b""
+
+
+class RawJSON(str):
+    """A JSON document recorded as received (no field needed redacting); parse it with
+    :func:`parsed` where a structure is needed."""
+
+
+def parsed(value: Any) -> Any:
+    """``value``, with a :class:`RawJSON` document parsed (text if it is not valid JSON)."""
+    if isinstance(value, RawJSON):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return str(value)
+    return value
 
 
 def media_type_of(content_type: str | None) -> str:
@@ -209,8 +229,11 @@ def render_body(
             return redactor.redact_text(_decode(data)) + _truncation_marker(capture)
         return f"<binary {media_type or 'body'}, {capture.total} bytes>"
     if _is_json(media_type):
+        text = _decode(data)
+        if not redactor.may_hold_sensitive(text):
+            return RawJSON(text)  # nothing to redact: record the bytes as they came
         try:
-            return redactor.redact(json.loads(data))
+            return redactor.redact(json.loads(text))
         except ValueError:
             log_once(
                 f"badjson:{direction}",

@@ -365,6 +365,7 @@ def build_client(
         from .tracing import RequestScopeProcessor
 
         provider.add_span_processor(RequestScopeProcessor(exported))
+        provider._lemma_processors = True  # type: ignore[attr-defined]
         for destination in extra:
             provider.add_span_processor(
                 DestinationProcessor(

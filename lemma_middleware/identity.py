@@ -134,6 +134,17 @@ class Identity:
                     changed = True
         return changed
 
+    def overlay(self, other: Identity) -> None:
+        """Take ``other``'s values (already normalised) where it has them."""
+        if other.thread_id is not None:
+            self.thread_id = other.thread_id
+        if other.user_id is not None:
+            self.user_id = other.user_id
+        if other.tenant_id is not None:
+            self.tenant_id = other.tenant_id
+        if other.metadata:
+            self.metadata.update(other.metadata)
+
 
 IdentityResolver = Callable[[Any], Mapping[str, Any] | None]
 """A callable of the request returning any of ``thread_id``, ``user_id``, ``tenant_id``,

@@ -21,9 +21,16 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace as otel_trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
-from opentelemetry.trace import INVALID_SPAN, SpanContext
+from opentelemetry.trace import (
+    INVALID_SPAN,
+    NonRecordingSpan,
+    SpanContext,
+    Status,
+    StatusCode,
+    TraceFlags,
+)
 
-from .capture import BodyCapture, Redactor, query_dict, render_body
+from .capture import BodyCapture, Redactor, parsed, query_dict, render_body
 from .export import ExportedAncestryProcessor, ExportFilter, build_client, is_enabled
 from .identity import (
     HeaderNames,
@@ -92,7 +99,12 @@ class RequestInfo:
     """Returns the authenticated user of the request, when the framework knows it."""
 
 
+_PLAIN_TEXT = re.compile(r'[^"\\\x00-\x1f\x7f]*')
+
+
 def _json(value: Any) -> str:
+    if isinstance(value, str) and _PLAIN_TEXT.fullmatch(value):
+        return f'"{value}"'  # what json.dumps gives, without its cost
     return json.dumps(value, ensure_ascii=False, default=str)
 
 
@@ -225,6 +237,15 @@ class Tracing:
             langfuse = None
         self.langfuse = langfuse
         self.enabled = is_enabled(langfuse)
+        self.tracer: Any = getattr(langfuse, "_otel_tracer", None)
+        if self.environment is None:
+            self.environment = self._valid_environment(getattr(langfuse, "_environment", None))
+        client_release = getattr(langfuse, "_release", None)
+        self.static_root_attributes: dict[str, Any] = {}
+        if self.release or client_release:
+            self.static_root_attributes["langfuse.release"] = self.release or client_release
+        if self.release or self.version:
+            self.static_root_attributes["service.version"] = self.release or self.version
         if not self.enabled:
             logger.warning(
                 "lemma_middleware: tracing is off (no Langfuse keys, no LEMMA_API_KEY/"
@@ -356,57 +377,55 @@ class RequestTrace:
         self.agent_name = str(agent)
 
         upstream = _TRACEPARENT.fullmatch(headers.get("traceparent", "").strip())
-        trace_context: Any = None
-        if upstream and tracing.continue_upstream_trace:
-            trace_context = {"trace_id": upstream.group(1), "parent_span_id": upstream.group(2)}
-
-        client = tracing.langfuse
-        assert client is not None
+        identity = self.identity()
+        root_attributes: dict[str, Any] = {
+            "langfuse.observation.type": "agent",
+            "gen_ai.agent.name": self.agent_name,
+            **tracing.static_root_attributes,
+            **self._raw_attributes(identity),
+        }
         # A fresh trace, never a child of whatever span is current (FastAPI's or OpenTelemetry
         # ASGI's server span, a span from upstream); baggage is dropped too. Other context
         # values (FastAPI's per-request telemetry) are kept.
         fresh = otel_trace.set_span_in_context(
             INVALID_SPAN, baggage.clear(otel_context.get_current())
         )
-        token = otel_context.attach(fresh)
+        parent = fresh
+        if upstream:
+            trace_id, span_id = upstream.group(1), upstream.group(2)
+            root_attributes["langfuse.trace.metadata.upstream.trace_id"] = f'"{trace_id}"'
+            root_attributes["langfuse.trace.metadata.upstream.span_id"] = f'"{span_id}"'
+            if tracing.continue_upstream_trace:
+                remote = SpanContext(
+                    int(trace_id, 16),
+                    int(span_id, 16),
+                    is_remote=True,
+                    trace_flags=TraceFlags(TraceFlags.SAMPLED),
+                )
+                parent = otel_trace.set_span_in_context(NonRecordingSpan(remote), fresh)
+                root_attributes["langfuse.internal.as_root"] = True
+        # The root observation, started on the Langfuse client's tracer with its attributes
+        # in one go (the SDK's observation wrapper would write them one call at a time).
+        span = cast(
+            Span,
+            tracing.tracer.start_span(self.agent_name, context=parent, attributes=root_attributes),
+        )
+        self.span = span
+        self.span_context: SpanContext = span.get_span_context()
+        self.trace_id = format(self.span_context.trace_id, "032x")
+        token = otel_context.attach(otel_trace.set_span_in_context(span, fresh))
         try:
-            self.root = client.start_observation(
-                trace_context=trace_context, name=self.agent_name, as_type="agent"
-            )
-            span = cast(Span, self.root._otel_span)
-            self.span = span
-            self.span_context: SpanContext = span.get_span_context()
-            self.trace_id = format(self.span_context.trace_id, "032x")
-            identity = self.identity()
-            root_attributes: dict[str, Any] = {"gen_ai.agent.name": self.agent_name}
-            if tracing.release or tracing.version:
-                root_attributes["service.version"] = tracing.release or tracing.version
-            root_attributes.update(self._raw_attributes(identity))
-            if upstream:
-                root_attributes["langfuse.trace.metadata.upstream.trace_id"] = _json(
-                    upstream.group(1)
-                )
-                root_attributes["langfuse.trace.metadata.upstream.span_id"] = _json(
-                    upstream.group(2)
-                )
-            span.set_attributes(root_attributes)
-            base_token = otel_context.attach(otel_trace.set_span_in_context(span, fresh))
-            try:
-                # Entered once: it writes the attributes on the root, and the context it
-                # builds is kept and re-attached wherever the request's code runs.
-                with propagate_attributes(
-                    user_id=identity.user_id,
-                    session_id=identity.thread_id,
-                    trace_name=self.agent_name,
-                    environment=tracing.environment,
-                    version=tracing.version,
-                    metadata=self._propagated_metadata(identity),
-                ):
-                    self.context = otel_context.set_value(
-                        _ACTIVE_KEY, self, otel_context.get_current()
-                    )
-            finally:
-                otel_context.detach(base_token)
+            # Entered once: it writes the attributes on the root, and the context it builds
+            # is kept and re-attached wherever the request's code runs.
+            with propagate_attributes(
+                user_id=identity.user_id,
+                session_id=identity.thread_id,
+                trace_name=self.agent_name,
+                environment=tracing.environment,
+                version=tracing.version,
+                metadata=self._propagated_metadata(identity),
+            ):
+                self.context = otel_context.set_value(_ACTIVE_KEY, self, otel_context.get_current())
         finally:
             otel_context.detach(token)
         self.child_attributes = self._raw_attributes(identity)
@@ -419,12 +438,7 @@ class RequestTrace:
         for name in ("header", "auth", "resolver", "bind"):
             layer = self.layers.get(name)
             if layer is not None:
-                effective.merge(
-                    thread_id=layer.thread_id,
-                    user_id=layer.user_id,
-                    tenant_id=layer.tenant_id,
-                    metadata=layer.metadata,
-                )
+                effective.overlay(layer)
         return effective
 
     def _check_auth_user(self) -> bool:
@@ -485,10 +499,13 @@ class RequestTrace:
         self.span.set_attributes(attributes)
         self.child_attributes = attributes
 
-    def sync_auth_user(self) -> None:
-        """Pick up the authenticated user if it became known since the request started."""
+    def sync_auth_user(self, *, last_chance: bool = False) -> None:
+        """Pick up the authenticated user if it became known since the request started.
+        ``last_chance``: the framework's auth context ends after this call; stop looking."""
         if self._auth_pending and self._check_auth_user():
             self.refresh_identity()
+        if last_chance:
+            self._auth_pending = False
 
     def record_exception(self, error: BaseException) -> None:
         """Note an exception the framework turned into a response (e.g. Flask's 500)."""
@@ -535,7 +552,7 @@ class RequestTrace:
                 failure,
             )
         finally:
-            self.root.end(end_time=exchange.completed_at)
+            self.span.end(end_time=exchange.completed_at)
 
     def _record(self, exchange: Exchange, error: BaseException | None) -> None:
         tracing = self.tracing
@@ -561,7 +578,9 @@ class RequestTrace:
             else:
                 recorded_input = query_dict(self.request.query_string, tracing.redactor)
             if tracing.input_from is not None and recorded_input is not None:
-                recorded_input = _call_guarded("input_from", tracing.input_from, recorded_input)
+                recorded_input = _call_guarded(
+                    "input_from", tracing.input_from, parsed(recorded_input)
+                )
         if recorded_input is None and tracing.capture_input:
             # Nothing read and no query: name the request rather than leave the root empty.
             recorded_input = f"{self.request.method} {self.request.path}"
@@ -582,7 +601,9 @@ class RequestTrace:
                 "response",
             )
             if tracing.output_from is not None and recorded_output is not None:
-                recorded_output = _call_guarded("output_from", tracing.output_from, recorded_output)
+                recorded_output = _call_guarded(
+                    "output_from", tracing.output_from, parsed(recorded_output)
+                )
         if recorded_output is None and tracing.capture_output and error is None and status:
             recorded_output = f"<empty body, HTTP {status}>"
         if recorded_output is not None:
@@ -590,17 +611,12 @@ class RequestTrace:
             attributes["langfuse.observation.output"] = text
             attributes["langfuse.trace.output"] = text
 
-        method = self.request.method
-        attributes["http.request.method"] = method
-        attributes["langfuse.trace.metadata.http.method"] = _json(method)
-        attributes["url.path"] = self.request.path
-        route = exchange.route
-        if route:
-            attributes["http.route"] = route
-            attributes["langfuse.trace.metadata.http.route"] = _json(route)
+        attributes["langfuse.trace.metadata.http.method"] = _json(self.request.method)
+        attributes["langfuse.trace.metadata.http.path"] = _json(self.request.path)
+        if exchange.route:
+            attributes["langfuse.trace.metadata.http.route"] = _json(exchange.route)
         if status is not None:
-            attributes["http.response.status_code"] = status
-            attributes["langfuse.trace.metadata.http.status_code"] = _json(status)
+            attributes["langfuse.trace.metadata.http.status_code"] = str(status)
 
         level: str | None = None
         message: str | None = None
@@ -615,9 +631,12 @@ class RequestTrace:
             level, message = "ERROR", f"HTTP {status}"
         elif status >= 400:
             level, message = "WARNING", f"HTTP {status}"
-        self.span.set_attributes(attributes)
         if level is not None:
-            self.root.update(level=level, status_message=message)  # type: ignore[arg-type]
+            attributes["langfuse.observation.level"] = level
+            attributes["langfuse.observation.status_message"] = message
+            if level == "ERROR":
+                self.span.set_status(Status(StatusCode.ERROR, message))
+        self.span.set_attributes(attributes)
 
 
 def current() -> RequestTrace | None:

@@ -77,16 +77,34 @@ def _record_flask_exceptions(flask_app: Any) -> None:
     got_request_exception.connect(on_exception, flask_app, weak=False)
 
 
-def _wsgi_headers(environ: Environ) -> dict[str, str]:
-    headers = {
-        key[5:].replace("_", "-").lower(): value
-        for key, value in environ.items()
-        if key.startswith("HTTP_") and isinstance(value, str)
-    }
-    for key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
-        if environ.get(key):
-            headers[key.replace("_", "-").lower()] = environ[key]
-    return headers
+class EnvironHeaders(Mapping[str, str]):
+    """Request headers read from the WSGI environ on demand, by lower-case name."""
+
+    __slots__ = ("_environ",)
+
+    def __init__(self, environ: Environ) -> None:
+        self._environ = environ
+
+    @staticmethod
+    def _key(name: str) -> str:
+        key = name.upper().replace("-", "_")
+        return key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else "HTTP_" + key
+
+    def __getitem__(self, name: str) -> str:
+        value = self._environ[self._key(name)]
+        if not isinstance(value, str):
+            raise KeyError(name)
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        for key in self._environ:
+            if key.startswith("HTTP_"):
+                yield key[5:].replace("_", "-").lower()
+            elif key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+                yield key.replace("_", "-").lower()
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
 
 
 def auth_user_of(environ: Environ) -> str | None:
@@ -180,7 +198,7 @@ class TracedWSGIExchange(Exchange):
     __slots__ = ("environ",)
 
     def __init__(self, tracing: Tracing, environ: Environ, method: str, path: str) -> None:
-        super().__init__(tracing, _wsgi_headers(environ))
+        super().__init__(tracing, EnvironHeaders(environ))
         self.environ = environ
         if self.request_body is not None and "wsgi.input" in environ:
             environ["wsgi.input"] = TeeInput(environ["wsgi.input"], self.request_body)
@@ -239,7 +257,8 @@ class TracedWSGIExchange(Exchange):
             elif lowered == "content-encoding":
                 self.response_content_encoding = value
         if self.trace is not None:
-            self.trace.sync_auth_user()  # Flask's request context is still active here
+            # Flask's request context is still active here, and ends right after.
+            self.trace.sync_auth_user(last_chance=True)
         self.route = flask_route()
 
 

@@ -207,7 +207,7 @@ async def test_threads_show_and_check_commands(
         and "- support-agent [agent]" in out
         and "  - llm-call [generation]" in out
     )
-    assert 'in : {"message": "hello"}' in out
+    assert 'in : {"message":"hello"}' in out  # recorded as the client sent it
     assert main(["--db", str(db), "show", "nope"]) == 1
     capsys.readouterr()
     assert main(["--db", str(db), "check"]) == 0

@@ -114,7 +114,7 @@ async def test_excluded_paths_and_methods_are_not_traced(captured: Captured) -> 
         await client.options("/chat/x")
         await client.get("/healthcare")  # anchored: not excluded (404, but traced)
     roots = captured.roots()
-    assert [s.attributes["url.path"] for s in roots] == ["/healthcare"]
+    assert [json.loads(s.attributes["langfuse.trace.metadata.http.path"]) for s in roots] == ["/healthcare"]
 
 
 async def test_no_keys_serves_requests_untraced_and_logs_once(

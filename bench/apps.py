@@ -1,0 +1,238 @@
+"""The apps the benchmark compares: one agent endpoint, traced in each of the ways a user could.
+
+ASGI variants (FastAPI): ``bare``, ``handwritten`` (``@app.middleware("http")`` opening
+``start_as_current_observation`` + ``propagate_attributes`` around ``call_next``, as the docs
+suggest), ``otel`` (OpenTelemetry's ASGI instrumentation), ``lemma``, ``lemma-nocapture``.
+WSGI variants (Flask): ``bare``, ``handwritten`` (``before_request``/``teardown_request``),
+``otel`` (OpenTelemetry's WSGI instrumentation), ``lemma``.
+
+Servers import ``bench.apps:asgi_app`` / ``bench.apps:wsgi_app``; the variant comes from the
+environment variable ``BENCH_VARIANT``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+from langfuse import Langfuse, propagate_attributes
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+AGENT = "support-agent"
+STREAM_CHUNK = b"data: " + b"x" * (64 * 1024 - 8) + b"\n\n"
+
+
+class NoOpExporter(SpanExporter):
+    """Drops every span: what remains is the request-path cost."""
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        return SpanExportResult.SUCCESS
+
+
+def otel_provider(exporter: SpanExporter) -> TracerProvider:
+    """An OpenTelemetry SDK provider with a batch processor, as users set one up."""
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    return provider
+
+
+def _identity(headers: Any) -> dict[str, Any]:
+    return {
+        "user_id": headers.get("x-user-id"),
+        "session_id": headers.get("x-conversation-id"),
+        "trace_name": AGENT,
+        "metadata": {"tenant_id": headers.get("x-tenant-id") or ""},
+    }
+
+
+def sdk_floor(client: Langfuse, headers: dict[str, str], body: bytes, answer: Any) -> None:
+    """The irreducible work, straight on the SDK with no HTTP layer: the same root
+    observation the middleware writes (type, name, the contract's raw keys), the same
+    propagated attributes, the request's input and the answer as output."""
+    thread, tenant = headers.get("x-conversation-id"), headers.get("x-tenant-id")
+    with (
+        client.start_as_current_observation(name=AGENT, as_type="agent") as root,
+        propagate_attributes(
+            user_id=headers.get("x-user-id"),
+            session_id=thread,
+            trace_name=AGENT,
+            metadata={"gen_ai.agent.name": AGENT, "lemma.thread_id": thread, "tenant_id": tenant},
+        ),
+    ):
+        text_in, text_out = body.decode(), json.dumps(answer)
+        root.update(input=text_in, output=text_out)
+        root._otel_span.set_attributes(
+            {
+                "gen_ai.agent.name": AGENT,
+                "lemma.thread_id": thread,
+                "app.tenant.id": tenant,
+                "langfuse.trace.input": text_in,
+                "langfuse.trace.output": text_out,
+                "langfuse.trace.metadata.http.method": '"POST"',
+                "langfuse.trace.metadata.http.path": '"/chat"',
+                "langfuse.trace.metadata.http.route": '"/chat"',
+                "langfuse.trace.metadata.http.status_code": "200",
+            }
+        )
+
+
+# ASGI ------------------------------------------------------------------------------
+
+
+def make_asgi(
+    variant: str, client: Langfuse | None, otel_exporter: SpanExporter | None = None
+) -> Any:
+    """The FastAPI agent, traced as ``variant`` says."""
+    from fastapi import FastAPI, Request
+    from fastapi.responses import Response, StreamingResponse
+
+    app = FastAPI(telemetry={"tracing": False})
+
+    @app.post("/chat")
+    async def chat(body: dict[str, Any]) -> dict[str, Any]:
+        return {"answer": body["message"].upper()}
+
+    @app.post("/health")
+    async def health(body: dict[str, Any]) -> dict[str, Any]:
+        return {"answer": body["message"].upper()}
+
+    @app.get("/stream")
+    async def stream(mb: int = 1024) -> StreamingResponse:
+        async def chunks() -> AsyncIterator[bytes]:
+            for _ in range(mb * 16):
+                yield STREAM_CHUNK
+
+        return StreamingResponse(chunks(), media_type="text/event-stream")
+
+    if variant == "handwritten":
+        assert client is not None
+
+        @app.middleware("http")
+        async def trace(request: Request, call_next: Callable[[Request], Any]) -> Any:
+            body = await request.body()
+            with (
+                client.start_as_current_observation(
+                    name=AGENT, as_type="agent", input=json.loads(body or b"null")
+                ) as root,
+                propagate_attributes(**_identity(request.headers)),
+            ):
+                response = await call_next(request)
+                content = b"".join([chunk async for chunk in response.body_iterator])
+                root.update(output=content.decode())
+                return Response(content, response.status_code, dict(response.headers))
+
+    if variant in ("lemma", "lemma-nocapture"):
+        from lemma_middleware import LemmaMiddleware
+
+        capture = variant == "lemma"
+        app.add_middleware(
+            LemmaMiddleware,
+            agent_name=AGENT,
+            langfuse=client,
+            capture_input=capture,
+            capture_output=capture,
+            exclude_paths=["/health"],
+        )
+    if variant == "otel":
+        from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+
+        return OpenTelemetryMiddleware(
+            app, tracer_provider=otel_provider(otel_exporter or NoOpExporter())
+        )
+    return app
+
+
+# WSGI ------------------------------------------------------------------------------
+
+
+def make_wsgi(
+    variant: str, client: Langfuse | None, otel_exporter: SpanExporter | None = None
+) -> Any:
+    """The Flask agent, traced as ``variant`` says."""
+    from flask import Flask, Response, g, request
+
+    app = Flask(__name__)
+
+    @app.post("/chat")
+    def chat() -> dict[str, Any]:
+        return {"answer": request.get_json()["message"].upper()}
+
+    @app.post("/health")
+    def health() -> dict[str, Any]:
+        return {"answer": request.get_json()["message"].upper()}
+
+    if variant == "handwritten":
+        assert client is not None
+
+        @app.before_request
+        def open_trace() -> None:
+            g.root_cm = client.start_as_current_observation(
+                name=AGENT, as_type="agent", input=request.get_json(silent=True)
+            )
+            g.root = g.root_cm.__enter__()
+            g.propagation = propagate_attributes(**_identity(request.headers))
+            g.propagation.__enter__()
+
+        @app.after_request
+        def record_output(response: Response) -> Response:
+            g.root.update(output=response.get_data(as_text=True))
+            return response
+
+        @app.teardown_request
+        def close_trace(error: BaseException | None) -> None:
+            if "propagation" in g:
+                g.propagation.__exit__(None, None, None)
+                g.root_cm.__exit__(None, None, None)
+
+    if variant == "lemma":
+        from lemma_middleware import LemmaWSGIMiddleware
+
+        app.wsgi_app = LemmaWSGIMiddleware(  # type: ignore[method-assign]
+            app.wsgi_app, agent_name=AGENT, langfuse=client, exclude_paths=["/health"]
+        )
+    if variant == "otel":
+        from opentelemetry.instrumentation.wsgi import OpenTelemetryMiddleware
+
+        app.wsgi_app = OpenTelemetryMiddleware(  # type: ignore[method-assign]
+            app.wsgi_app, tracer_provider=otel_provider(otel_exporter or NoOpExporter())
+        )
+    return app
+
+
+# entry points for real servers, configured by environment -------------------------------
+
+
+def _server_client() -> Langfuse | None:
+    from lemma_middleware import build_client
+
+    return build_client(service_name=AGENT)
+
+
+def _server_otel_exporter() -> SpanExporter:
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    host = os.environ.get("LANGFUSE_HOST", "http://127.0.0.1:8787")
+    keys = f"{os.environ.get('LANGFUSE_PUBLIC_KEY')}:{os.environ.get('LANGFUSE_SECRET_KEY')}"
+    auth = "Basic " + base64.b64encode(keys.encode()).decode()
+    return OTLPSpanExporter(endpoint=f"{host}/v1/traces", headers={"Authorization": auth})
+
+
+def asgi_app_from_env() -> Any:
+    variant = os.environ.get("BENCH_VARIANT", "bare")
+    client = None if variant in ("bare", "otel") else _server_client()
+    return make_asgi(variant, client, _server_otel_exporter() if variant == "otel" else None)
+
+
+def wsgi_app_from_env() -> Any:
+    variant = os.environ.get("BENCH_VARIANT", "bare")
+    client = None if variant in ("bare", "otel") else _server_client()
+    return make_wsgi(variant, client, _server_otel_exporter() if variant == "otel" else None)
+
+
+if os.environ.get("BENCH_VARIANT"):
+    asgi_app = asgi_app_from_env() if os.environ.get("BENCH_KIND", "asgi") == "asgi" else None
+    wsgi_app = wsgi_app_from_env() if os.environ.get("BENCH_KIND") == "wsgi" else None

@@ -1,0 +1,504 @@
+"""Benchmark: what tracing a request costs, side by side with the alternatives, in one run.
+
+    .venv/bin/python -m bench.run            # full run (a few minutes), targets judged
+    .venv/bin/python -m bench.run --smoke    # seconds; keeps the script from rotting (CI)
+    .venv/bin/python -m bench.run --only asgi,wsgi,e2e,memory
+
+In-process sections drive the apps with no sockets, the variants interleaved round by round;
+they report medians of per-request time and the overhead over the bare app. Every
+Langfuse/OpenTelemetry variant exports to a no-op exporter there, so the figures are
+request-path CPU. The end-to-end section serves the apps under uvicorn (1 worker) and
+gunicorn (2 workers, gthread) on 127.0.0.1, loads them with wrk, and exports for real to the
+local inbox running in another process. The memory section streams 1 GB of SSE through
+uvicorn and reports the server's peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from opentelemetry.sdk.trace import TracerProvider
+
+from bench.apps import NoOpExporter, make_asgi, make_wsgi, sdk_floor
+from lemma_middleware import build_client
+
+ROOT = Path(__file__).resolve().parents[1]
+BODY = b'{"message": "where is my parcel?"}'
+HEADERS = {
+    "content-type": "application/json",
+    "x-conversation-id": "conv-1",
+    "x-user-id": "user-1",
+    "x-tenant-id": "acme",
+}
+
+
+@dataclass
+class Row:
+    name: str
+    median_us: float
+
+
+def print_table(title: str, rows: list[Row], base: float, floor: float | None = None) -> None:
+    print(f"\n{title}")
+    header = f"{'variant':38} {'median us/req':>13} {'overhead us':>12} {'x bare':>7}"
+    print(header + ("  overhead / SDK floor" if floor else ""))
+    for row in rows:
+        overhead = row.median_us - base
+        line = f"{row.name:38} {row.median_us:13.1f} {overhead:12.1f} {row.median_us / base:7.2f}"
+        if floor and row.name not in ("bare app", "Langfuse SDK floor (no HTTP)"):
+            line += f"  {overhead / floor:8.2f}"
+        print(line)
+
+
+def interleave(
+    variants: dict[str, Callable[[], None]], rounds: int, per_round: int
+) -> dict[str, float]:
+    """Median per-call time in us of each variant, rounds interleaved."""
+    samples: dict[str, list[float]] = {name: [] for name in variants}
+    for run in variants.values():  # warm up
+        for _ in range(max(20, per_round // 5)):
+            run()
+    for _ in range(rounds):
+        for name, run in variants.items():
+            start = time.perf_counter()
+            for _ in range(per_round):
+                run()
+            samples[name].append((time.perf_counter() - start) / per_round * 1e6)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def no_op_client(key: str) -> Any:
+    client = build_client(
+        span_exporter=NoOpExporter(), tracer_provider=TracerProvider(), public_key=key
+    )
+    assert client is not None
+    return client
+
+
+# in-process ASGI --------------------------------------------------------------------------
+
+
+def asgi_caller(app: Any, path: str) -> Callable[[], None]:
+    loop = asyncio.new_event_loop()
+    raw_headers = [(k.encode(), v.encode()) for k, v in HEADERS.items()]
+    scope_template = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": raw_headers,
+        "client": ("127.0.0.1", 1),
+        "server": ("t", 80),
+    }
+
+    async def one() -> None:
+        sent = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": BODY, "more_body": False}
+            await asyncio.sleep(3600)
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            return None
+
+        await app(dict(scope_template), receive, send)
+
+    return lambda: loop.run_until_complete(one())
+
+
+def asgi_section(rounds: int, per_round: int) -> dict[str, float]:
+    client = no_op_client("pk-bench-asgi")
+    floor_client = no_op_client("pk-bench-floor")
+    variants = {
+        "bare app": asgi_caller(make_asgi("bare", None), "/chat"),
+        "hand-written middleware (docs)": asgi_caller(make_asgi("handwritten", client), "/chat"),
+        "OpenTelemetry ASGI instrumentation": asgi_caller(make_asgi("otel", None), "/chat"),
+        "Langfuse SDK floor (no HTTP)": lambda: sdk_floor(
+            floor_client, HEADERS, BODY, {"answer": "X"}
+        ),
+        "lemma middleware, traced": asgi_caller(make_asgi("lemma", client), "/chat"),
+        "lemma middleware, capture off": asgi_caller(make_asgi("lemma-nocapture", client), "/chat"),
+        "lemma middleware, excluded path": asgi_caller(make_asgi("lemma", client), "/health"),
+    }
+    medians = interleave(variants, rounds, per_round)
+    floor = medians["Langfuse SDK floor (no HTTP)"]
+    rows = [Row(name, value) for name, value in medians.items()]
+    rows[3] = Row(
+        "Langfuse SDK floor (no HTTP)", floor + medians["bare app"]
+    )  # shown as bare + floor
+    print_table(
+        "ASGI, in-process (FastAPI POST /chat, JSON body, 3 identity headers)",
+        rows,
+        medians["bare app"],
+        floor,
+    )
+    return medians
+
+
+# in-process WSGI --------------------------------------------------------------------------
+
+
+def wsgi_caller(app: Any, path: str) -> Callable[[], None]:
+    environ_template = {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": path,
+        "QUERY_STRING": "",
+        "SERVER_NAME": "t",
+        "SERVER_PORT": "80",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "wsgi.url_scheme": "http",
+        "wsgi.version": (1, 0),
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": False,
+        "wsgi.multiprocess": False,
+        "wsgi.run_once": False,
+        "CONTENT_TYPE": "application/json",
+        "CONTENT_LENGTH": str(len(BODY)),
+        **{
+            f"HTTP_{k.upper().replace('-', '_')}": v
+            for k, v in HEADERS.items()
+            if k != "content-type"
+        },
+    }
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        return None
+
+    def one() -> None:
+        environ = dict(environ_template)
+        environ["wsgi.input"] = io.BytesIO(BODY)
+        result = app(environ, start_response)
+        for _ in result:
+            pass
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()
+
+    return one
+
+
+def wsgi_section(rounds: int, per_round: int) -> dict[str, float]:
+    client = no_op_client("pk-bench-wsgi")
+    floor_client = no_op_client("pk-bench-floor-wsgi")
+    variants = {
+        "bare app": wsgi_caller(make_wsgi("bare", None), "/chat"),
+        "hand-written before/teardown_request": wsgi_caller(
+            make_wsgi("handwritten", client), "/chat"
+        ),
+        "OpenTelemetry WSGI instrumentation": wsgi_caller(make_wsgi("otel", None), "/chat"),
+        "Langfuse SDK floor (no HTTP)": lambda: sdk_floor(
+            floor_client, HEADERS, BODY, {"answer": "X"}
+        ),
+        "lemma middleware, traced": wsgi_caller(make_wsgi("lemma", client), "/chat"),
+        "lemma middleware, excluded path": wsgi_caller(make_wsgi("lemma", client), "/health"),
+    }
+    medians = interleave(variants, rounds, per_round)
+    floor = medians["Langfuse SDK floor (no HTTP)"]
+    rows = [Row(name, value) for name, value in medians.items()]
+    rows[3] = Row("Langfuse SDK floor (no HTTP)", floor + medians["bare app"])
+    print_table(
+        "WSGI, in-process (Flask POST /chat, same request)", rows, medians["bare app"], floor
+    )
+    return medians
+
+
+# end to end -----------------------------------------------------------------------------
+
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.body = '{"message": "where is my parcel?"}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["X-Conversation-Id"] = "conv-1"
+wrk.headers["X-User-Id"] = "user-1"
+wrk.headers["X-Tenant-Id"] = "acme"
+"""
+
+
+@dataclass
+class Load:
+    requests_per_s: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+
+def _ms(text: str) -> float:
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def wrk(url: str, seconds: float, connections: int, script: str) -> Load:
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{max(1, round(seconds))}s",
+            "--latency",
+            "-s",
+            script,
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    try:
+        rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+        p50 = _ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
+        p99 = _ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
+    except (AttributeError, KeyError) as error:
+        raise RuntimeError(f"could not read wrk's output:\n{out}") from error
+    errors_match = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return Load(rps, p50, p99, int(errors_match.group(1)) if errors_match else 0)
+
+
+def free_port() -> int:
+    from examples.demo import free_port as port
+
+    return port()
+
+
+def serve(kind: str, variant: str, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    env = {**env, "BENCH_VARIANT": variant, "BENCH_KIND": kind}
+    if kind == "asgi":
+        command = [sys.executable, "-m", "uvicorn", "bench.apps:asgi_app", "--port", str(port)]
+        command += ["--host", "127.0.0.1", "--log-level", "warning", "--no-access-log"]
+    else:
+        command = [sys.executable, "-m", "gunicorn", "-w", "2", "-k", "gthread", "--threads", "4"]
+        command += ["-b", f"127.0.0.1:{port}", "--log-level", "warning", "bench.apps:wsgi_app"]
+    process = subprocess.Popen(command, env=env, cwd=ROOT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            httpx.post(f"{url}/health", json={"message": "x"}, timeout=1)
+            return process, url
+        except httpx.TransportError:
+            if time.monotonic() > deadline:
+                process.kill()
+                raise RuntimeError(f"{kind} {variant} did not start") from None
+            time.sleep(0.1)
+
+
+def e2e_section(seconds: float, connections: int) -> dict[str, Load]:
+    results: dict[str, Load] = {}
+    with tempfile.TemporaryDirectory() as folder:
+        script = str(Path(folder) / "post.lua")
+        Path(script).write_text(WRK_SCRIPT)
+        inbox_port = free_port()
+        inbox = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "lemma_middleware",
+                "--db",
+                str(Path(folder) / "inbox.sqlite3"),
+                "inbox",
+                "--port",
+                str(inbox_port),
+                "--key",
+                "pk-bench:sk-bench",
+            ],
+            stdout=subprocess.DEVNULL,
+            cwd=ROOT,
+        )
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("LANGFUSE_", "LEMMA_"))},
+            "LANGFUSE_PUBLIC_KEY": "pk-bench",
+            "LANGFUSE_SECRET_KEY": "sk-bench",
+            "LANGFUSE_HOST": f"http://127.0.0.1:{inbox_port}",
+        }
+        plan = [("asgi", v) for v in ("bare", "handwritten", "otel", "lemma")]
+        plan += [("wsgi", v) for v in ("bare", "handwritten", "otel", "lemma")]
+        try:
+            for kind, variant in plan:
+                process, url = serve(kind, variant, env)
+                try:
+                    wrk(f"{url}/chat", 1, connections, script)  # warm up
+                    results[f"{kind} {variant}"] = wrk(f"{url}/chat", seconds, connections, script)
+                finally:
+                    process.send_signal(signal.SIGTERM)
+                    process.wait(timeout=60)
+        finally:
+            inbox.send_signal(signal.SIGINT)
+            inbox.wait(timeout=10)
+    names = {
+        "bare": "bare app",
+        "handwritten": "hand-written middleware",
+        "otel": "OpenTelemetry instrumentation",
+        "lemma": "lemma middleware, traced",
+    }
+    for kind, server in (("asgi", "uvicorn, 1 worker"), ("wsgi", "gunicorn, 2 workers gthread")):
+        print(
+            f"\nEnd to end, {kind.upper()} under {server}, wrk -t1 -c{connections} {round(seconds)}s, export to the local inbox"
+        )
+        print(
+            f"{'variant':38} {'req/s':>9} {'x bare':>7} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}"
+        )
+        base = results[f"{kind} bare"].requests_per_s
+        for variant, name in names.items():
+            load = results[f"{kind} {variant}"]
+            print(
+                f"{name:38} {load.requests_per_s:9.0f} {load.requests_per_s / base:7.2f} {load.p50_ms:8.2f} {load.p99_ms:8.2f} {load.errors:8}"
+            )
+    return results
+
+
+# memory ---------------------------------------------------------------------------------
+
+
+def peak_rss_streaming(variant: str, megabytes: int, env: dict[str, str]) -> float:
+    """Peak RSS (MB) of a uvicorn server streaming ``megabytes`` of SSE to a reader."""
+    process, url = serve("asgi", variant, env)
+    try:
+        with httpx.stream("GET", f"{url}/stream?mb={megabytes}", timeout=120) as response:
+            received = sum(len(chunk) for chunk in response.iter_raw(1 << 20))
+        assert received >= megabytes * 1024 * 1024, received
+        status = Path(f"/proc/{process.pid}/status").read_text()
+        return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024  # type: ignore[union-attr]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+
+
+def memory_section(megabytes: int) -> dict[str, float]:
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("LANGFUSE_", "LEMMA_"))},
+        "LEMMA_OTLP_ENDPOINT": f"http://127.0.0.1:{free_port()}/v1/traces",  # nobody listens: fine
+    }
+    peaks = {variant: peak_rss_streaming(variant, megabytes, env) for variant in ("bare", "lemma")}
+    print(f"\nMemory: peak RSS of uvicorn streaming {megabytes} MB of SSE to a client")
+    print(f"{'variant':38} {'peak RSS MB':>12}")
+    print(f"{'bare app':38} {peaks['bare']:12.1f}")
+    print(
+        f"{'lemma middleware, traced':38} {peaks['lemma']:12.1f}  (+{peaks['lemma'] - peaks['bare']:.1f} MB)"
+    )
+    return peaks
+
+
+# targets --------------------------------------------------------------------------------
+
+
+def judge(
+    asgi: dict[str, float] | None,
+    wsgi: dict[str, float] | None,
+    e2e: dict[str, Load] | None,
+    memory: dict[str, float] | None,
+) -> None:
+    checks: list[tuple[str, bool, str]] = []
+    if asgi:
+        base, floor = asgi["bare app"], asgi["Langfuse SDK floor (no HTTP)"]
+        ours = asgi["lemma middleware, traced"] - base
+        hand = asgi["hand-written middleware (docs)"] - base
+        otel = asgi["OpenTelemetry ASGI instrumentation"] - base
+        checks += [
+            (
+                "ASGI overhead <= 1/3 of hand-written",
+                ours <= hand / 3,
+                f"{ours:.0f} vs {hand:.0f} us",
+            ),
+            ("ASGI overhead < OpenTelemetry ASGI", ours < otel, f"{ours:.0f} vs {otel:.0f} us"),
+            ("ASGI overhead <= 1.15x SDK floor", ours <= 1.15 * floor, f"{ours / floor:.2f}x"),
+            (
+                "ASGI excluded path < 5 us over bare",
+                asgi["lemma middleware, excluded path"] - base < 5,
+                f"{asgi['lemma middleware, excluded path'] - base:.1f} us",
+            ),
+        ]
+    if wsgi:
+        base, floor = wsgi["bare app"], wsgi["Langfuse SDK floor (no HTTP)"]
+        ours = wsgi["lemma middleware, traced"] - base
+        hand = wsgi["hand-written before/teardown_request"] - base
+        checks += [
+            (
+                "WSGI overhead <= 2/3 of hand-written",
+                ours <= hand * 2 / 3,
+                f"{ours:.0f} vs {hand:.0f} us",
+            ),
+            ("WSGI overhead <= 1.15x SDK floor", ours <= 1.15 * floor, f"{ours / floor:.2f}x"),
+            (
+                "WSGI excluded path < 5 us over bare",
+                wsgi["lemma middleware, excluded path"] - base < 5,
+                f"{wsgi['lemma middleware, excluded path'] - base:.1f} us",
+            ),
+        ]
+    if e2e:
+        ours, hand, otel = e2e["asgi lemma"], e2e["asgi handwritten"], e2e["asgi otel"]
+        checks += [
+            (
+                "e2e ASGI req/s above OpenTelemetry's",
+                ours.requests_per_s > otel.requests_per_s,
+                f"{ours.requests_per_s:.0f} vs {otel.requests_per_s:.0f}",
+            ),
+            (
+                "e2e ASGI req/s >= 2x hand-written",
+                ours.requests_per_s >= 2 * hand.requests_per_s,
+                f"{ours.requests_per_s / hand.requests_per_s:.2f}x",
+            ),
+            (
+                "e2e ASGI p99 below both",
+                ours.p99_ms < min(otel.p99_ms, hand.p99_ms),
+                f"{ours.p99_ms:.1f} vs {otel.p99_ms:.1f} / {hand.p99_ms:.1f} ms",
+            ),
+        ]
+    if memory:
+        extra = memory["lemma"] - memory["bare"]
+        checks.append(("streaming peak RSS within 20 MB of bare", extra <= 20, f"+{extra:.1f} MB"))
+    print("\nTargets (ratios from this run)")
+    for name, ok, detail in checks:
+        print(f"  {'MET ' if ok else 'MISS'}  {name:42} {detail}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--smoke", action="store_true", help="tiny run, no targets (for CI)")
+    parser.add_argument("--only", default="asgi,wsgi,e2e,memory")
+    parser.add_argument("--seconds", type=float, default=10.0, help="wrk duration per variant")
+    parser.add_argument("--connections", type=int, default=16)
+    args = parser.parse_args(argv)
+    sections = set(args.only.split(","))
+    rounds, per_round, seconds, megabytes = (
+        (3, 30, 1.0, 16) if args.smoke else (21, 300, args.seconds, 1024)
+    )
+    print(
+        f"python {sys.version.split()[0]}, {os.cpu_count()} cores; medians of {rounds} interleaved rounds"
+    )
+    asgi = asgi_section(rounds, per_round) if "asgi" in sections else None
+    wsgi = wsgi_section(rounds, per_round) if "wsgi" in sections else None
+    e2e = e2e_section(seconds, args.connections) if "e2e" in sections else None
+    memory = memory_section(megabytes) if "memory" in sections else None
+    if not args.smoke:
+        judge(asgi, wsgi, e2e, memory)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
