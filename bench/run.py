@@ -356,7 +356,8 @@ def e2e_section(seconds: float, connections: int) -> dict[str, Load]:
     }
     for kind, server in (("asgi", "uvicorn, 1 worker"), ("wsgi", "gunicorn, 2 workers gthread")):
         print(
-            f"\nEnd to end, {kind.upper()} under {server}, wrk -t1 -c{connections} {round(seconds)}s, export to the local inbox"
+            f"\nEnd to end, {kind.upper()} under {server}, wrk -t1 -c{connections} "
+            f"{round(seconds)}s, export to the local inbox"
         )
         print(
             f"{'variant':38} {'req/s':>9} {'x bare':>7} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}"
@@ -365,7 +366,8 @@ def e2e_section(seconds: float, connections: int) -> dict[str, Load]:
         for variant, name in names.items():
             load = results[f"{kind} {variant}"]
             print(
-                f"{name:38} {load.requests_per_s:9.0f} {load.requests_per_s / base:7.2f} {load.p50_ms:8.2f} {load.p99_ms:8.2f} {load.errors:8}"
+                f"{name:38} {load.requests_per_s:9.0f} {load.requests_per_s / base:7.2f} "
+                f"{load.p50_ms:8.2f} {load.p99_ms:8.2f} {load.errors:8}"
             )
     return results
 
@@ -397,7 +399,8 @@ def memory_section(megabytes: int) -> dict[str, float]:
     print(f"{'variant':38} {'peak RSS MB':>12}")
     print(f"{'bare app':38} {peaks['bare']:12.1f}")
     print(
-        f"{'lemma middleware, traced':38} {peaks['lemma']:12.1f}  (+{peaks['lemma'] - peaks['bare']:.1f} MB)"
+        f"{'lemma middleware, traced':38} {peaks['lemma']:12.1f}  "
+        f"(+{peaks['lemma'] - peaks['bare']:.1f} MB)"
     )
     return peaks
 
@@ -489,7 +492,8 @@ def main(argv: list[str] | None = None) -> int:
         (3, 30, 1.0, 16) if args.smoke else (21, 300, args.seconds, 1024)
     )
     print(
-        f"python {sys.version.split()[0]}, {os.cpu_count()} cores; medians of {rounds} interleaved rounds"
+        f"python {sys.version.split()[0]}, {os.cpu_count()} cores; "
+        f"medians of {rounds} interleaved rounds"
     )
     asgi = asgi_section(rounds, per_round) if "asgi" in sections else None
     wsgi = wsgi_section(rounds, per_round) if "wsgi" in sections else None
