@@ -73,7 +73,6 @@ def sdk_floor(client: Langfuse, headers: dict[str, str], body: bytes, answer: An
                 "langfuse.trace.input": text_in,
                 "langfuse.trace.output": text_out,
                 "langfuse.trace.metadata.http.method": '"POST"',
-                "langfuse.trace.metadata.http.path": '"/chat"',
                 "langfuse.trace.metadata.http.route": '"/chat"',
                 "langfuse.trace.metadata.http.status_code": "200",
             }

@@ -612,9 +612,10 @@ class RequestTrace:
             attributes["langfuse.trace.output"] = text
 
         attributes["langfuse.trace.metadata.http.method"] = _json(self.request.method)
-        attributes["langfuse.trace.metadata.http.path"] = _json(self.request.path)
         if exchange.route:
             attributes["langfuse.trace.metadata.http.route"] = _json(exchange.route)
+        else:  # no route matched (a 404, a bare ASGI/WSGI app): the path says what was asked
+            attributes["langfuse.trace.metadata.http.path"] = _json(self.request.path)
         if status is not None:
             attributes["langfuse.trace.metadata.http.status_code"] = str(status)
 
