@@ -33,10 +33,14 @@ class NoOpExporter(SpanExporter):
         return SpanExportResult.SUCCESS
 
 
+OTEL_PROVIDERS: list[TracerProvider] = []
+
+
 def otel_provider(exporter: SpanExporter) -> TracerProvider:
     """An OpenTelemetry SDK provider with a batch processor, as users set one up."""
     provider = TracerProvider()
     provider.add_span_processor(BatchSpanProcessor(exporter))
+    OTEL_PROVIDERS.append(provider)
     return provider
 
 

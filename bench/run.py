@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gzip
 import io
 import os
 import re
@@ -26,15 +27,19 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
-from opentelemetry.sdk.trace import TracerProvider
+from langfuse._client.span_exporter import LangfuseTransformingSpanExporter
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from bench.apps import NoOpExporter, make_asgi, make_wsgi, sdk_floor
+from bench.apps import OTEL_PROVIDERS, NoOpExporter, make_asgi, make_wsgi, sdk_floor
 from lemma_middleware import build_client
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -157,6 +162,64 @@ def asgi_section(rounds: int, per_round: int) -> dict[str, float]:
         floor,
     )
     return medians
+
+
+# export cost ---------------------------------------------------------------------------
+
+
+class EncodeOnly(SpanExporter):
+    """What an OTLP/HTTP exporter does before the network: encode, serialise, gzip."""
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        gzip.compress(encode_spans(spans).SerializePartialToString())
+        return SpanExportResult.SUCCESS
+
+
+def export_cost_section(requests: int) -> dict[str, float]:
+    """CPU per request spent on the export thread: Langfuse's media pass (Langfuse clients
+    only), OTLP protobuf encoding and gzip, for the spans one request produces."""
+    costs: dict[str, float] = {}
+    plan: list[tuple[str, str, bool]] = [
+        ("hand-written middleware (docs)", "handwritten", True),
+        ("OpenTelemetry ASGI instrumentation", "otel", False),
+        ("lemma middleware, traced", "lemma", True),
+    ]
+    for name, variant, langfuse in plan:
+        memory = InMemorySpanExporter()
+        client = None
+        if langfuse:
+            client = build_client(
+                span_exporter=memory,
+                tracer_provider=TracerProvider(),
+                public_key=f"pk-cost-{variant}",
+            )
+        call = asgi_caller(make_asgi(variant, client, memory), "/chat")
+        for _ in range(requests):
+            call()
+        if client is not None:
+            client.flush()
+        else:
+            OTEL_PROVIDERS[-1].force_flush()
+        spans = list(memory.get_finished_spans())
+        exporter: SpanExporter = EncodeOnly()
+        if client is not None:
+            exporter = LangfuseTransformingSpanExporter(
+                exporter=exporter,
+                media_manager=client._resources._media_manager,
+                mask_otel_spans=None,
+            )
+        timings = []
+        for _ in range(5):
+            start = time.perf_counter()
+            for batch in range(0, len(spans), 512):
+                exporter.export(spans[batch : batch + 512])
+            timings.append((time.perf_counter() - start) / requests * 1e6)
+        costs[name] = statistics.median(timings)
+    print("\nExport, per request, on the background export thread (no network)")
+    print(f"{'variant':38} {'us/request':>10}")
+    for name, value in costs.items():
+        print(f"{name:38} {value:10.1f}")
+    return costs
 
 
 # in-process WSGI --------------------------------------------------------------------------
@@ -496,6 +559,8 @@ def main(argv: list[str] | None = None) -> int:
         f"medians of {rounds} interleaved rounds"
     )
     asgi = asgi_section(rounds, per_round) if "asgi" in sections else None
+    if "asgi" in sections:
+        export_cost_section(64 if args.smoke else 1024)
     wsgi = wsgi_section(rounds, per_round) if "wsgi" in sections else None
     e2e = e2e_section(seconds, args.connections) if "e2e" in sections else None
     memory = memory_section(megabytes) if "memory" in sections else None

@@ -155,7 +155,10 @@ class OTLPReceiver:
                 return None
 
             def do_POST(self) -> None:
-                receiver._handle(self)
+                try:
+                    receiver._handle(self)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the exporter gave up waiting; it retries or drops, as it decides
 
         self.server = ThreadingHTTPServer((host, port), Handler)
         self.server.daemon_threads = True
