@@ -369,8 +369,11 @@ def serve(kind: str, variant: str, env: dict[str, str]) -> tuple[subprocess.Pope
             time.sleep(0.1)
 
 
-def e2e_section(seconds: float, connections: int) -> dict[str, Load]:
-    results: dict[str, Load] = {}
+def e2e_section(seconds: float, connections: int, rounds: int) -> dict[str, Load]:
+    """All variants of a kind served at once (idle ones cost nothing), loaded in turn,
+    round by round; medians over the rounds."""
+    samples: dict[str, list[Load]] = {}
+    variants = ("bare", "handwritten", "otel", "lemma")
     with tempfile.TemporaryDirectory() as folder:
         script = str(Path(folder) / "post.lua")
         Path(script).write_text(WRK_SCRIPT)
@@ -397,20 +400,33 @@ def e2e_section(seconds: float, connections: int) -> dict[str, Load]:
             "LANGFUSE_SECRET_KEY": "sk-bench",
             "LANGFUSE_HOST": f"http://127.0.0.1:{inbox_port}",
         }
-        plan = [("asgi", v) for v in ("bare", "handwritten", "otel", "lemma")]
-        plan += [("wsgi", v) for v in ("bare", "handwritten", "otel", "lemma")]
         try:
-            for kind, variant in plan:
-                process, url = serve(kind, variant, env)
+            for kind in ("asgi", "wsgi"):
+                servers = {variant: serve(kind, variant, env) for variant in variants}
                 try:
-                    wrk(f"{url}/chat", 1, connections, script)  # warm up
-                    results[f"{kind} {variant}"] = wrk(f"{url}/chat", seconds, connections, script)
+                    for _, url in servers.values():
+                        wrk(f"{url}/chat", 1, connections, script)  # warm up
+                    for _ in range(rounds):
+                        for variant, (_, url) in servers.items():
+                            load = wrk(f"{url}/chat", seconds, connections, script)
+                            samples.setdefault(f"{kind} {variant}", []).append(load)
                 finally:
-                    process.send_signal(signal.SIGTERM)
-                    process.wait(timeout=60)
+                    for process, _ in servers.values():
+                        process.send_signal(signal.SIGTERM)
+                    for process, _ in servers.values():
+                        process.wait(timeout=60)
         finally:
             inbox.send_signal(signal.SIGINT)
             inbox.wait(timeout=10)
+    results = {
+        name: Load(
+            statistics.median(load.requests_per_s for load in loads),
+            statistics.median(load.p50_ms for load in loads),
+            statistics.median(load.p99_ms for load in loads),
+            sum(load.errors for load in loads),
+        )
+        for name, loads in samples.items()
+    }
     names = {
         "bare": "bare app",
         "handwritten": "hand-written middleware",
@@ -419,8 +435,8 @@ def e2e_section(seconds: float, connections: int) -> dict[str, Load]:
     }
     for kind, server in (("asgi", "uvicorn, 1 worker"), ("wsgi", "gunicorn, 2 workers gthread")):
         print(
-            f"\nEnd to end, {kind.upper()} under {server}, wrk -t1 -c{connections} "
-            f"{round(seconds)}s, export to the local inbox"
+            f"\nEnd to end, {kind.upper()} under {server}, wrk -t1 -c{connections}, "
+            f"{rounds} rounds of {round(seconds)}s, export to the local inbox (medians)"
         )
         print(
             f"{'variant':38} {'req/s':>9} {'x bare':>7} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}"
@@ -547,7 +563,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--smoke", action="store_true", help="tiny run, no targets (for CI)")
     parser.add_argument("--only", default="asgi,wsgi,e2e,memory")
-    parser.add_argument("--seconds", type=float, default=10.0, help="wrk duration per variant")
+    parser.add_argument("--seconds", type=float, default=5.0, help="wrk duration per round")
     parser.add_argument("--connections", type=int, default=16)
     args = parser.parse_args(argv)
     sections = set(args.only.split(","))
@@ -562,7 +578,11 @@ def main(argv: list[str] | None = None) -> int:
     if "asgi" in sections:
         export_cost_section(64 if args.smoke else 1024)
     wsgi = wsgi_section(rounds, per_round) if "wsgi" in sections else None
-    e2e = e2e_section(seconds, args.connections) if "e2e" in sections else None
+    e2e = (
+        e2e_section(seconds, args.connections, 1 if args.smoke else 3)
+        if "e2e" in sections
+        else None
+    )
     memory = memory_section(megabytes) if "memory" in sections else None
     if not args.smoke:
         judge(asgi, wsgi, e2e, memory)

@@ -85,16 +85,28 @@ class EnvironHeaders(Mapping[str, str]):
     def __init__(self, environ: Environ) -> None:
         self._environ = environ
 
-    @staticmethod
-    def _key(name: str) -> str:
-        key = name.upper().replace("-", "_")
-        return key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else "HTTP_" + key
+    _keys: dict[str, str] = {}  # header name -> environ key, shared by every request
+
+    @classmethod
+    def _key(cls, name: str) -> str:
+        key = cls._keys.get(name)
+        if key is None:
+            key = name.upper().replace("-", "_")
+            if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+                key = "HTTP_" + key
+            if len(cls._keys) < 1024:
+                cls._keys[name] = key
+        return key
+
+    def get(self, name: str, default: Any = None) -> Any:
+        value = self._environ.get(self._key(name))
+        return value if isinstance(value, str) else default
 
     def __getitem__(self, name: str) -> str:
-        value = self._environ[self._key(name)]
-        if not isinstance(value, str):
+        value = self.get(name)
+        if value is None:
             raise KeyError(name)
-        return value
+        return str(value)
 
     def __iter__(self) -> Iterator[str]:
         for key in self._environ:
