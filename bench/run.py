@@ -369,6 +369,24 @@ def serve(kind: str, variant: str, env: dict[str, str]) -> tuple[subprocess.Pope
             time.sleep(0.1)
 
 
+def _cpu_times() -> tuple[int, int]:
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return fields[3] + fields[4], sum(fields)  # idle + iowait, total
+
+
+def wait_quiet(limit: float = 15.0, idle_share: float = 0.9) -> None:
+    """Wait until the machine is idle again (exports and the inbox caught up), so one
+    variant's background work is not charged to the next."""
+    deadline = time.monotonic() + limit
+    idle, total = _cpu_times()
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        idle2, total2 = _cpu_times()
+        if total2 > total and (idle2 - idle) / (total2 - total) >= idle_share:
+            return
+        idle, total = idle2, total2
+
+
 def e2e_section(seconds: float, connections: int, rounds: int) -> dict[str, Load]:
     """All variants of a kind served at once (idle ones cost nothing), loaded in turn,
     round by round; medians over the rounds."""
@@ -408,6 +426,7 @@ def e2e_section(seconds: float, connections: int, rounds: int) -> dict[str, Load
                         wrk(f"{url}/chat", 1, connections, script)  # warm up
                     for _ in range(rounds):
                         for variant, (_, url) in servers.items():
+                            wait_quiet()
                             load = wrk(f"{url}/chat", seconds, connections, script)
                             samples.setdefault(f"{kind} {variant}", []).append(load)
                 finally:
