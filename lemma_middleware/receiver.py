@@ -155,10 +155,9 @@ class OTLPReceiver:
                 return None
 
             def do_POST(self) -> None:
-                try:
+                # An exporter that gave up waiting has hung up; it retries or drops, as it decides.
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                     receiver._handle(self)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the exporter gave up waiting; it retries or drops, as it decides
 
         self.server = ThreadingHTTPServer((host, port), Handler)
         self.server.daemon_threads = True

@@ -7,7 +7,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import TracebackType
-from typing import Any
+from typing import Any, ClassVar
 
 from .capture import BodyCapture
 from .identity import log_once, user_id_from_auth_user
@@ -85,7 +85,7 @@ class EnvironHeaders(Mapping[str, str]):
     def __init__(self, environ: Environ) -> None:
         self._environ = environ
 
-    _keys: dict[str, str] = {}  # header name -> environ key, shared by every request
+    _keys: ClassVar[dict[str, str]] = {}  # header name -> environ key, for every request
 
     @classmethod
     def _key(cls, name: str) -> str:
