@@ -128,6 +128,10 @@ def _metadata_value(key: str, value: Any) -> str:
     return text
 
 
+def _masked(mask: Callable[..., Any], value: Any) -> Any:
+    return mask(data=parsed(value))
+
+
 def _call_guarded(name: str, function: Callable[..., Any], *args: Any) -> Any:
     try:
         return function(*args)
@@ -238,6 +242,7 @@ class Tracing:
         self.langfuse = langfuse
         self.enabled = is_enabled(langfuse)
         self.tracer: Any = getattr(langfuse, "_otel_tracer", None)
+        self.mask: Callable[..., Any] | None = getattr(langfuse, "_mask", None)
         if self.environment is None:
             self.environment = self._valid_environment(getattr(langfuse, "_environment", None))
         client_release = getattr(langfuse, "_release", None)
@@ -585,6 +590,10 @@ class RequestTrace:
             # Nothing read and no query: name the request rather than leave the root empty.
             recorded_input = f"{self.request.method} {self.request.path}"
         if recorded_input is not None:
+            if tracing.mask is not None:  # the client's own `mask=`, as the SDK applies it
+                recorded_input = _call_guarded(
+                    "Langfuse mask", _masked, tracing.mask, recorded_input
+                )
             text = _serialise(recorded_input, limit)
             attributes["langfuse.observation.input"] = text
             attributes["langfuse.trace.input"] = text
@@ -607,6 +616,10 @@ class RequestTrace:
         if recorded_output is None and tracing.capture_output and error is None and status:
             recorded_output = f"<empty body, HTTP {status}>"
         if recorded_output is not None:
+            if tracing.mask is not None:
+                recorded_output = _call_guarded(
+                    "Langfuse mask", _masked, tracing.mask, recorded_output
+                )
             text = _serialise(recorded_output, limit)
             attributes["langfuse.observation.output"] = text
             attributes["langfuse.trace.output"] = text

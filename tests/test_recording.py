@@ -181,3 +181,28 @@ async def test_a_1_gb_streamed_response_passes_through_in_bounded_memory(
     assert peak < 4 * 1024 * 1024, peak
     output = captured.root().attributes["langfuse.observation.output"]
     assert f"truncated: {1024 * len(chunk)} bytes in total" in output
+
+
+async def test_the_langfuse_clients_mask_function_applies_to_recorded_io() -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    def mask(*, data: Any, **kwargs: Any) -> Any:
+        return "<masked>" if "secret-project" in json.dumps(data) else data
+
+    exporter = InMemorySpanExporter()
+    from langfuse import Langfuse
+
+    client = Langfuse(
+        public_key="pk-mask-test",
+        secret_key="sk",
+        span_exporter=exporter,
+        tracer_provider=TracerProvider(),
+        mask=mask,
+    )
+    app = make_app(client)
+    await post(app, "/chat/c", json={"message": "about secret-project"})
+    client.flush()
+    (root,) = [s for s in exporter.get_finished_spans() if s.parent is None]
+    assert root.attributes["langfuse.trace.input"] == "<masked>"
+    assert root.attributes["langfuse.observation.input"] == "<masked>"
