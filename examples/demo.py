@@ -1,5 +1,8 @@
-"""The quick-start demo: the FastAPI support agent under real uvicorn, sending real traces
-to a local receiver on 127.0.0.1 (no account, no internet), then what arrived.
+"""The quick-start demo: the local trace inbox (SQLite), the FastAPI support agent under real
+uvicorn and the Flask one under real gunicorn, a scripted conversation against each (two
+users, two threads, three turns each, one streaming turn, one failing turn), then the
+threads, one thread's turns and the contract checker's verdict. No account, no internet.
+With LANGFUSE_PUBLIC_KEY/SECRET_KEY/HOST set, the examples send there instead.
 
 Run: ``./dev demo`` (or ``python -m examples.demo`` inside the project's venv).
 """
