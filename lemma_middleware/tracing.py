@@ -366,7 +366,7 @@ class RequestTrace:
             resolved = _call_guarded(
                 "identity_resolver", tracing.identity_resolver, request.request
             )
-            if resolved:
+            if isinstance(resolved, Mapping) and resolved:
                 layer = Identity()
                 layer.merge(
                     thread_id=resolved.get("thread_id"),
