@@ -7,20 +7,13 @@ Everything users need is importable from here::
 
 from .asgi import LemmaMiddleware
 from .capture import DEFAULT_REDACT_FIELDS, REDACTED
+from .context import bind, current, get_trace_id, set_input, set_output
 from .export import build_client, resolve_destinations
 from .flask_integration import LemmaFlask
 from .identity import Identity, normalise_id
-from .tracing import (
-    DEFAULT_EXCLUDE_METHODS,
-    DEFAULT_EXCLUDE_PATHS,
-    RequestTrace,
-    Tracing,
-    bind,
-    current,
-    get_trace_id,
-    set_input,
-    set_output,
-)
+from .options import DEFAULT_EXCLUDE_METHODS, DEFAULT_EXCLUDE_PATHS, TracingOptions
+from .request import RequestTrace
+from .tracing import Tracing
 from .wsgi import LemmaWSGIMiddleware
 
 __all__ = [
@@ -34,6 +27,7 @@ __all__ = [
     "LemmaWSGIMiddleware",
     "RequestTrace",
     "Tracing",
+    "TracingOptions",
     "bind",
     "build_client",
     "current",

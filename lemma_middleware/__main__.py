@@ -14,6 +14,7 @@ import dataclasses
 import datetime
 import json
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -49,6 +50,10 @@ def _inbox(args: argparse.Namespace) -> int:
     if not keys and args.bearer is None:
         print("  no keys configured: any credentials are accepted (use --key PK:SK to check them)")
     sys.stdout.flush()
+    # Stop on Ctrl-C and SIGTERM even when started in the background from a script, where
+    # SIGINT arrives ignored and Python would install no handler for it.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     with contextlib.suppress(KeyboardInterrupt):
         inbox.serve_forever()
     return 0

@@ -3,30 +3,31 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from typing import Any
 
+from asgiref.compatibility import guarantee_single_callable
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .identity import log_once
-from .tracing import Exchange, RequestInfo, Tracing
-
-logger = logging.getLogger("lemma_middleware")
+from .logs import logger, report_untraced
+from .recording import Exchange, RequestInfo
+from .request import RequestTrace
+from .tracing import Tracing
 
 
 class LemmaMiddleware:
-    """Traces every HTTP request to an ASGI 3 app as one Lemma/Langfuse trace.
+    """Traces every HTTP request to an ASGI app as one Lemma/Langfuse trace.
 
     ``app.add_middleware(LemmaMiddleware, agent_name="support-agent")`` or
     ``app = LemmaMiddleware(app, agent_name="support-agent")``; options are those of
-    :class:`lemma_middleware.tracing.Tracing` (see the README). WebSocket traffic passes
-    through; on lifespan shutdown pending traces are flushed.
+    :meth:`lemma_middleware.options.TracingOptions.compile` (see the README). ASGI 2 apps are
+    accepted. WebSocket traffic passes through; on lifespan shutdown pending traces are
+    flushed.
     """
 
     def __init__(self, app: ASGIApp, *, flush_timeout: float = 5.0, **options: Any) -> None:
-        self.app = app
+        self.app: ASGIApp = guarantee_single_callable(app)  # type: ignore[no-untyped-call]
         self.tracing = Tracing(**options)
         self.flush_timeout = flush_timeout
 
@@ -35,7 +36,7 @@ class LemmaMiddleware:
         if scope_type == "http":
             tracing = self.tracing
             if tracing.enabled and not tracing.is_excluded(scope["method"], scope["path"]):
-                await TracedExchange(self.app, tracing, scope, receive, send).run()
+                await TracedExchange(self.app, tracing, scope, receive, send).run(tracing)
                 return
         elif scope_type == "lifespan" and self.tracing.enabled:
             await self.app(scope, receive, self._flushing_lifespan_send(send))
@@ -73,40 +74,39 @@ def _header_map(raw_headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
 class TracedExchange(Exchange):
     """One traced request: wraps ``receive`` and ``send`` to copy bodies as they pass."""
 
-    __slots__ = ("app", "receive", "scope", "send")
+    __slots__ = ("app", "receive", "scope", "send", "trace", "trace_id_header")
 
     def __init__(
         self, app: ASGIApp, tracing: Tracing, scope: Scope, receive: Receive, send: Send
     ) -> None:
-        super().__init__(tracing, {})
+        super().__init__(tracing.options)
         self.app = app
         self.scope = scope
         self.receive = receive
         self.send = send
+        self.trace: RequestTrace | None = None
+        self.trace_id_header = tracing.options.trace_id_header
 
-    async def run(self) -> None:
+    async def _start(self, tracing: Tracing) -> RequestTrace | None:
         scope = self.scope
         try:
-            self.request_headers = _header_map(scope["headers"])
             query = scope.get("query_string", b"")
-            self.trace = self.tracing.start(
-                RequestInfo(
-                    method=scope["method"],
-                    path=scope["path"],
-                    query_string=query.decode("latin-1") if query else "",
-                    headers=self.request_headers,
-                    request=Request(scope) if self.tracing.wants_request else None,
-                    auth_user=lambda: scope.get("user"),
-                )
+            request = RequestInfo(
+                method=scope["method"],
+                path=scope["path"],
+                query_string=query.decode("latin-1") if query else "",
+                headers=_header_map(scope["headers"]),
+                request=Request(scope) if tracing.options.wants_request else None,
+                auth_user=lambda: scope.get("user"),
             )
         except Exception as problem:
-            log_once(
-                f"asgi-start:{type(problem).__name__}",
-                logging.ERROR,
-                "lemma_middleware: %r; request served untraced (logged once)",
-                problem,
-            )
-        trace = self.trace
+            report_untraced(problem)
+            return None
+        return await tracing.start_async(request)
+
+    async def run(self, tracing: Tracing) -> None:
+        scope = self.scope
+        trace = self.trace = await self._start(tracing)
         if trace is None:
             await self.app(scope, self.receive, self.send)
             return
@@ -124,7 +124,7 @@ class TracedExchange(Exchange):
             trace.deactivate(token)
             route_path = getattr(scope.get("route"), "path", None)
             self.route = route_path if isinstance(route_path, str) else None
-            self.finish(error)
+            trace.finish(self, error)
 
     async def receive_wrapper(self) -> Message:
         message = await self.receive()
@@ -155,15 +155,9 @@ class TracedExchange(Exchange):
             raise
 
     def _on_response_start(self, message: Message) -> Message:
-        self.status = message.get("status")
         raw_headers = message.get("headers") or []
-        for name, value in raw_headers:
-            lowered = name.lower()
-            if lowered == b"content-type":
-                self.response_content_type = value.decode("latin-1")
-            elif lowered == b"content-encoding":
-                self.response_content_encoding = value.decode("latin-1")
-        header = self.tracing.trace_id_header
+        self.response_started(message.get("status"), raw_headers)
+        header = self.trace_id_header
         if header is not None and self.trace is not None:
             message = dict(message)
             message["headers"] = [*raw_headers, (header, self.trace.trace_id.encode("ascii"))]

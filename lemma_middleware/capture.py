@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from typing import Any
 from urllib.parse import parse_qsl
 
-from .identity import log_once
+from .logs import log_once
 
 REDACTED = "[REDACTED]"
 

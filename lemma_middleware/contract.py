@@ -30,9 +30,9 @@ from typing import Any
 from opentelemetry.sdk.trace import ReadableSpan
 
 from .capture import REDACTED, Redactor
+from .options import AGENT_NAME_PATTERN
 from .receiver import ReceivedSpan
 
-_AGENT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
 _CREDENTIAL = re.compile(r"\b(?:Bearer|Basic)\s+[A-Za-z0-9._~+/=-]{8,}|\bsk-[A-Za-z0-9_-]{16,}")
 _PROPAGATED = ("session.id", "user.id", "langfuse.trace.name")
 
@@ -145,7 +145,7 @@ def check_trace(spans: Sequence[ReceivedSpan], redactor: Redactor | None = None)
     agent = a.get("gen_ai.agent.name")
     if not name or not agent:
         fail("agent-name", "root has no trace name or gen_ai.agent.name")
-    elif not _AGENT_NAME.fullmatch(str(agent)):
+    elif not AGENT_NAME_PATTERN.fullmatch(str(agent)):
         fail("agent-name", f"agent name {agent!r} is not snake_case, kebab-case or CamelCase")
     if not (a.get("langfuse.trace.input") or a.get("langfuse.observation.input")):
         fail("input", "root has no input")

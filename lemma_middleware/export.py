@@ -23,26 +23,23 @@ import logging
 import os
 import threading
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from langfuse import Langfuse
-from langfuse.span_filter import is_default_export_span, is_langfuse_span
 from opentelemetry import trace as otel_trace
-from opentelemetry.context import Context
 from opentelemetry.exporter.otlp.proto.http import Compression
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
-from opentelemetry.trace import SpanContext
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SpanExporter
 
-logger = logging.getLogger("lemma_middleware")
+from .logs import log_once, logger
+from .processors import DestinationProcessor, ExportFilter, wire_provider
+from .sdk import ClientAccess, inspect_client
 
 LEMMA_DEFAULT_URL = "https://api.uselemma.ai/otel/v1/traces"
-
-ShouldExport = Callable[[ReadableSpan], bool]
 
 
 @dataclass(frozen=True)
@@ -150,91 +147,6 @@ def _otlp_exporter(destination: Destination, timeout: float) -> OTLPSpanExporter
         timeout=timeout,
         compression=Compression.Gzip,
     )
-
-
-class ExportFilter:
-    """Decides, like the Langfuse span processor, whether a span is exported."""
-
-    def __init__(self, public_key: str, should_export: ShouldExport | None = None) -> None:
-        self.public_key = public_key
-        self.should_export = should_export or is_default_export_span
-
-    def __call__(self, span: ReadableSpan) -> bool:
-        if is_langfuse_span(span):
-            scope = span.instrumentation_scope
-            attributes = scope.attributes if scope is not None else None
-            return attributes is not None and attributes.get("public_key") == self.public_key
-        try:
-            return bool(self.should_export(span))
-        except Exception:
-            return False
-
-
-class DestinationProcessor(BatchSpanProcessor):
-    """A batch processor for one extra destination, exporting what Langfuse would."""
-
-    def __init__(self, exporter: SpanExporter, exported: ExportFilter, **kwargs: Any) -> None:
-        super().__init__(exporter, **kwargs)
-        self._exported = exported
-
-    def on_end(self, span: ReadableSpan) -> None:
-        if self._exported(span):
-            super().on_end(span)
-
-
-class ExportedAncestryProcessor(SpanProcessor):
-    """Keeps the exported tree whole: an exported span whose parent is never exported
-    (FastAPI's native telemetry spans, OpenTelemetry ASGI server spans, ...) is re-parented
-    to the nearest exported ancestor, or to the request's root.
-
-    It must run before the Langfuse span processor, which marks spans without an exported
-    parent as trace roots.
-    """
-
-    def __init__(
-        self, exported: ExportFilter, request_root: Callable[[], SpanContext | None]
-    ) -> None:
-        self._exported = exported
-        self._request_root = request_root
-        self._substitute: dict[int, SpanContext] = {}
-
-    def _nearest_exported(self, span: Span, parent_context: Context | None) -> SpanContext | None:
-        parent = span.parent
-        if parent is None or parent.is_remote:
-            return None
-        parent_span = otel_trace.get_current_span(parent_context)
-        if not isinstance(parent_span, ReadableSpan):
-            return None  # non-recording parents carry their own parent's context
-        if parent_span.get_span_context().span_id != parent.span_id:
-            return None
-        if self._exported(parent_span):
-            return parent
-        substitute = self._substitute.get(parent.span_id)
-        if substitute is not None:
-            return substitute
-        root = self._request_root()
-        if root is not None and root.trace_id == parent.trace_id:
-            return root
-        return None
-
-    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
-        if span.parent is None:
-            return
-        try:
-            nearest = self._nearest_exported(span, parent_context)
-            if nearest is None:
-                return
-            if not self._exported(span):
-                self._substitute[span.context.span_id] = nearest
-            elif nearest.span_id != span.parent.span_id:
-                span._parent = nearest
-        except Exception:  # never break span creation
-            logger.debug("lemma_middleware: ancestry check failed", exc_info=True)
-
-    def on_end(self, span: ReadableSpan) -> None:
-        context = span.context
-        if context is not None:
-            self._substitute.pop(context.span_id, None)
 
 
 _clients: dict[tuple[Any, ...], Langfuse] = {}
@@ -350,10 +262,6 @@ def build_client(
                 "span_exporter": _otlp_exporter(primary, timeout),
             }
 
-        exported = ExportFilter(pk)
-        from .tracing import current_root_context
-
-        provider.add_span_processor(ExportedAncestryProcessor(exported, current_root_context))
         client = Langfuse(
             tracer_provider=provider,
             environment=environment,
@@ -362,29 +270,38 @@ def build_client(
             flush_interval=flush_interval,
             **langfuse_kwargs,
         )
-        from .tracing import RequestScopeProcessor
-
-        provider.add_span_processor(RequestScopeProcessor(exported))
-        provider._lemma_processors = True  # type: ignore[attr-defined]
-        for destination in extra:
-            provider.add_span_processor(
-                DestinationProcessor(
-                    _otlp_exporter(destination, timeout),
-                    exported,
-                    schedule_delay_millis=(flush_interval or 1.0) * 1000,
-                    export_timeout_millis=timeout * 1000,
-                )
-            )
+        wire_client(
+            client,
+            [_otlp_exporter(destination, timeout) for destination in extra],
+            schedule_delay_millis=(flush_interval or 1.0) * 1000,
+            export_timeout_millis=timeout * 1000,
+        )
         names = ", ".join(d.name for d in destinations) or "injected exporter"
         logger.info("lemma_middleware: exporting traces to %s", names)
         _clients[key] = client
         return client
 
 
-def is_enabled(client: Langfuse | None) -> bool:
-    """True when ``client`` records and exports spans."""
-    return (
-        client is not None
-        and getattr(client, "_resources", None) is not None
-        and bool(getattr(client, "_tracing_enabled", False))
+def wire_client(
+    client: Langfuse, extra: Sequence[SpanExporter] = (), **batch_options: Any
+) -> ClientAccess:
+    """Add the middleware's processors to the tracer provider ``client`` really uses (the
+    one path for clients built here and clients users bring): ancestry, request scope, and
+    a batch processor (``batch_options``) for each ``extra`` exporter."""
+    access = inspect_client(client)
+    if access.provider is None or access.public_key is None:
+        if access.enabled:
+            log_once(
+                "wire-client",
+                logging.WARNING,
+                "lemma_middleware: the Langfuse client's tracer provider is unknown; spans "
+                "under never-exported parents are not re-parented and late identity is not "
+                "propagated",
+            )
+        return access
+    exported = ExportFilter(access.public_key, access.should_export)
+    processors = tuple(
+        DestinationProcessor(exporter, exported, **batch_options) for exporter in extra
     )
+    wire_provider(access.provider, exported, processors)
+    return access

@@ -24,22 +24,12 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-logger = logging.getLogger("lemma_middleware")
+from .logs import log_once
 
 MAX_ID_LENGTH = 200
 _PREFIX_LENGTH = 100
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 _PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]*")
-
-_logged_once: set[str] = set()
-
-
-def log_once(key: str, level: int, message: str, *args: object) -> None:
-    """Log ``message`` the first time ``key`` is seen in this process."""
-    if key in _logged_once:
-        return
-    _logged_once.add(key)
-    logger.log(level, message, *args)
 
 
 def normalise_id(value: object, field_name: str) -> str | None:
@@ -146,9 +136,61 @@ class Identity:
             self.metadata.update(other.metadata)
 
 
-IdentityResolver = Callable[[Any], Mapping[str, Any] | None]
-"""A callable of the request returning any of ``thread_id``, ``user_id``, ``tenant_id``,
-``metadata``; None or missing keys leave the header values in place."""
+IdentityResolver = Callable[[Any], Any]
+"""A callable of the request (sync or async) returning a mapping with any of ``thread_id``,
+``user_id``, ``tenant_id``, ``metadata``; None or missing keys leave the header values in
+place."""
+
+
+def identity_from_mapping(values: object) -> Identity | None:
+    """An identity layer from a resolver's result; None unless it is a non-empty mapping."""
+    if not isinstance(values, Mapping) or not values:
+        return None
+    layer = Identity()
+    layer.merge(
+        thread_id=values.get("thread_id"),
+        user_id=values.get("user_id"),
+        tenant_id=values.get("tenant_id"),
+        metadata=values.get("metadata"),
+    )
+    return layer
+
+
+class IdentitySources:
+    """The identity of one request, from four sources in rising precedence: headers, the
+    authenticated user (user id only), the identity resolver, and ``bind()``."""
+
+    ORDER = ("header", "auth", "resolver", "bind")
+
+    __slots__ = ("_effective", "_layers")
+
+    def __init__(self, from_headers: Identity) -> None:
+        self._layers: dict[str, Identity] = {"header": from_headers}
+        self._effective: Identity | None = None
+
+    def set(self, source: str, layer: Identity | None) -> None:
+        """Use ``layer`` as what ``source`` says (None: nothing)."""
+        if layer is not None:
+            self._layers[source] = layer
+            self._effective = None
+
+    def bind(self, **values: Any) -> bool:
+        """Overlay values on the ``bind`` source; True when anything changed."""
+        changed = self._layers.setdefault("bind", Identity()).merge(**values)
+        if changed:
+            self._effective = None
+        return changed
+
+    def effective(self) -> Identity:
+        """Every source overlaid in precedence order."""
+        if self._effective is None:
+            effective = Identity()
+            for name in self.ORDER:
+                layer = self._layers.get(name)
+                if layer is not None:
+                    effective.overlay(layer)
+            self._effective = effective
+        return self._effective
 
 
 def user_id_from_auth_user(user: object) -> str | None:
@@ -167,4 +209,16 @@ def user_id_from_auth_user(user: object) -> str | None:
     get_id = getattr(user, "get_id", None)
     if callable(get_id):
         return str(get_id())
+    return None
+
+
+def user_id_from_plain_user(user: object) -> str | None:
+    """The id of a user given as a string, a mapping or an object with
+    ``id``/``user_id``/``username`` (e.g. ``flask.g.user``, the WSGI ``REMOTE_USER``)."""
+    if user is None or isinstance(user, str):
+        return user or None
+    for key in ("id", "user_id", "username"):
+        value = user.get(key) if isinstance(user, Mapping) else getattr(user, key, None)
+        if value is not None:
+            return str(value)
     return None

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import TracebackType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from .capture import BodyCapture
-from .identity import log_once, user_id_from_auth_user
-from .tracing import Exchange, RequestInfo, Tracing
-
-logger = logging.getLogger("lemma_middleware")
+from .identity import user_id_from_plain_user
+from .logs import log_once, report_untraced
+from .recording import Exchange, RequestInfo
+from .request import RequestTrace
+from .tracing import Tracing
 
 Environ = dict[str, Any]
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
@@ -21,22 +21,63 @@ StartResponse = Callable[..., Callable[[bytes], object]]
 WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 
 
+class WSGIFramework(Protocol):
+    """What the middleware asks of the web framework behind a WSGI app (Flask's is in
+    :mod:`lemma_middleware.flask_integration`)."""
+
+    def auth_user(self, environ: Environ) -> str | None:
+        """The authenticated user's id, while the framework's request context is active."""
+
+    def route(self) -> str | None:
+        """The matched route template, while the framework's request context is active."""
+
+
+class PlainWSGI:
+    """Any WSGI app: the user is ``REMOTE_USER``; no route templates."""
+
+    def auth_user(self, environ: Environ) -> str | None:
+        return user_id_from_plain_user(environ.get("REMOTE_USER"))
+
+    def route(self) -> str | None:
+        return None
+
+
+FrameworkDetector = Callable[[WSGIApp, Tracing], "WSGIFramework | None"]
+
+_framework_detectors: list[FrameworkDetector] = []
+
+
+def register_framework(detector: FrameworkDetector) -> FrameworkDetector:
+    """Register ``detector``: given the wrapped app, it returns that framework's support
+    (installing any hooks it needs), or None when the app is not of its framework."""
+    _framework_detectors.append(detector)
+    return detector
+
+
+def framework_of(app: WSGIApp, tracing: Tracing) -> WSGIFramework:
+    """The support for the framework of ``app``; :class:`PlainWSGI` when none is known."""
+    for detect in _framework_detectors:
+        framework = detect(app, tracing)
+        if framework is not None:
+            return framework
+    return PlainWSGI()
+
+
 class LemmaWSGIMiddleware:
     """Traces every request to a WSGI app as one Lemma/Langfuse trace.
 
     ``app.wsgi_app = LemmaWSGIMiddleware(app.wsgi_app, agent_name="support-agent")``; options
-    are those of :class:`lemma_middleware.tracing.Tracing` (see the README). The root ends
-    when the response iterable is exhausted or closed, whichever comes first; the propagated
-    attributes are active while the app runs and while each chunk is produced. Wrapping a
-    Flask app's ``wsgi_app`` also records exceptions that Flask turns into 500 responses.
+    are those of :meth:`lemma_middleware.options.TracingOptions.compile` (see the README).
+    The root ends when the response iterable is exhausted or closed, whichever comes first;
+    the propagated attributes are active while the app runs and while each chunk is
+    produced. The framework behind the app (Flask: :mod:`lemma_middleware.flask_integration`)
+    supplies the user, the route and the exceptions it turns into 500 responses.
     """
 
     def __init__(self, app: WSGIApp, **options: Any) -> None:
         self.app = app
         self.tracing = Tracing(**options)
-        flask_app = getattr(app, "__self__", None)
-        if self.tracing.enabled and _is_flask(flask_app):
-            _record_flask_exceptions(flask_app)
+        self.framework = framework_of(app, self.tracing) if self.tracing.enabled else PlainWSGI()
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         tracing = self.tracing
@@ -45,36 +86,13 @@ class LemmaWSGIMiddleware:
         if not tracing.enabled or tracing.is_excluded(method, path):
             return self.app(environ, start_response)
         try:
-            exchange = TracedWSGIExchange(tracing, environ, method, path)
+            exchange = TracedWSGIExchange(tracing, self.framework, environ, method, path)
         except Exception as problem:
-            log_once(
-                f"wsgi-start:{type(problem).__name__}",
-                logging.ERROR,
-                "lemma_middleware: %r; request served untraced (logged once)",
-                problem,
-            )
+            report_untraced(problem)
             return self.app(environ, start_response)
         if exchange.trace is None:
             return self.app(environ, start_response)
         return exchange.run(self.app, start_response)
-
-
-def _is_flask(candidate: object) -> bool:
-    flask = sys.modules.get("flask")
-    return flask is not None and isinstance(candidate, flask.Flask)
-
-
-def _record_flask_exceptions(flask_app: Any) -> None:
-    from flask import got_request_exception
-
-    def on_exception(sender: object, exception: BaseException, **extra: object) -> None:
-        from .tracing import current
-
-        active = current()
-        if active is not None:
-            active.record_exception(exception)
-
-    got_request_exception.connect(on_exception, flask_app, weak=False)
 
 
 class EnvironHeaders(Mapping[str, str]):
@@ -117,43 +135,6 @@ class EnvironHeaders(Mapping[str, str]):
 
     def __len__(self) -> int:
         return sum(1 for _ in self)
-
-
-def auth_user_of(environ: Environ) -> str | None:
-    """The authenticated user id: Flask-Login's ``current_user``, else ``flask.g.user`` (a
-    string, a mapping or an object with ``id``/``user_id``/``username``), else ``REMOTE_USER``.
-    The Flask ones are read only inside a request context."""
-    flask = sys.modules.get("flask")
-    if flask is not None and flask.has_request_context():
-        flask_login = sys.modules.get("flask_login")
-        if flask_login is not None:
-            user_id = user_id_from_auth_user(flask_login.current_user)
-            if user_id is not None:
-                return user_id
-        user_id = _plain_user_id(flask.g.get("user"))
-        if user_id is not None:
-            return user_id
-    remote_user = environ.get("REMOTE_USER")
-    return remote_user if isinstance(remote_user, str) and remote_user else None
-
-
-def _plain_user_id(user: Any) -> str | None:
-    if user is None or isinstance(user, str):
-        return user or None
-    for key in ("id", "user_id", "username"):
-        value = user.get(key) if isinstance(user, Mapping) else getattr(user, key, None)
-        if value is not None:
-            return str(value)
-    return None
-
-
-def flask_route() -> str | None:
-    """The matched Flask URL rule (``/chat/<thread_id>``), inside a request context."""
-    flask = sys.modules.get("flask")
-    if flask is None or not flask.has_request_context():
-        return None
-    rule = flask.request.url_rule
-    return rule.rule if rule is not None else None
 
 
 class TeeInput:
@@ -207,21 +188,30 @@ class TeeInput:
 class TracedWSGIExchange(Exchange):
     """One traced WSGI request: tees the input, wraps start_response and the iterable."""
 
-    __slots__ = ("environ",)
+    __slots__ = ("environ", "framework", "trace", "trace_id_header")
 
-    def __init__(self, tracing: Tracing, environ: Environ, method: str, path: str) -> None:
-        super().__init__(tracing, EnvironHeaders(environ))
+    def __init__(
+        self,
+        tracing: Tracing,
+        framework: WSGIFramework,
+        environ: Environ,
+        method: str,
+        path: str,
+    ) -> None:
+        super().__init__(tracing.options)
         self.environ = environ
+        self.framework = framework
+        self.trace_id_header = tracing.options.trace_id_header
         if self.request_body is not None and "wsgi.input" in environ:
             environ["wsgi.input"] = TeeInput(environ["wsgi.input"], self.request_body)
-        self.trace = tracing.start(
+        self.trace: RequestTrace | None = tracing.start(
             RequestInfo(
                 method=method,
                 path=path,
                 query_string=environ.get("QUERY_STRING", ""),
-                headers=self.request_headers,
+                headers=EnvironHeaders(environ),
                 request=environ,
-                auth_user=lambda: auth_user_of(environ),
+                auth_user=lambda: framework.auth_user(environ),
             )
         )
 
@@ -233,7 +223,7 @@ class TracedWSGIExchange(Exchange):
             result = app(self.environ, self._start_response(start_response))
         except BaseException as error:
             trace.deactivate(token)
-            self.finish(error)
+            trace.finish(self, error)
             raise
         trace.deactivate(token)
         return TracedBody(self, result)
@@ -244,8 +234,8 @@ class TracedWSGIExchange(Exchange):
         ) -> Callable[[bytes], object]:
             try:
                 self._on_start_response(status, headers)
-                if self.trace is not None and self.tracing.trace_id_header is not None:
-                    name = self.tracing.trace_id_header.decode("latin-1")
+                if self.trace is not None and self.trace_id_header is not None:
+                    name = self.trace_id_header.decode("latin-1")
                     headers = [*headers, (name, self.trace.trace_id)]
             except Exception as problem:
                 log_once(
@@ -261,17 +251,11 @@ class TracedWSGIExchange(Exchange):
         return traced_start_response
 
     def _on_start_response(self, status: str, headers: list[tuple[str, str]]) -> None:
-        self.status = int(status.split(" ", 1)[0])
-        for name, value in headers:
-            lowered = name.lower()
-            if lowered == "content-type":
-                self.response_content_type = value
-            elif lowered == "content-encoding":
-                self.response_content_encoding = value
+        self.response_started(int(status.split(" ", 1)[0]), headers)
         if self.trace is not None:
-            # Flask's request context is still active here, and ends right after.
+            # The framework's request context is still active here, and ends right after.
             self.trace.sync_auth_user(last_chance=True)
-        self.route = flask_route()
+        self.route = self.framework.route()
 
 
 class TracedBody:
@@ -302,11 +286,11 @@ class TracedBody:
         except StopIteration:
             exchange.completed_at = time.time_ns()
             self._done = True
-            exchange.finish()
+            trace.finish(exchange)
             raise
         except BaseException as error:
             self._done = True
-            exchange.finish(error)
+            trace.finish(exchange, error)
             raise
         finally:
             trace.deactivate(token)
@@ -328,4 +312,4 @@ class TracedBody:
                     trace.deactivate(token)
         finally:
             exchange.disconnected = not self._done
-            exchange.finish()
+            trace.finish(exchange)

@@ -57,9 +57,9 @@ def no_internal_errors(request: pytest.FixtureRequest) -> Iterator[Any]:
 
 @pytest.fixture(autouse=True)
 def fresh_log_once() -> None:
-    from lemma_middleware import identity
+    from lemma_middleware import logs
 
-    identity._logged_once.clear()
+    logs._logged_once.clear()
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -11,6 +11,7 @@ from starlette.middleware.authentication import AuthenticationMiddleware
 
 from lemma_middleware import normalise_id
 
+from .agent_steps import agent_steps
 from .apps import make_app
 from .conftest import Captured
 from .test_trace_contract import post
@@ -113,3 +114,52 @@ async def test_auth_user_set_inside_the_middleware_reaches_root_and_children(
     (child,) = captured.children(root)
     assert child.attributes["user.id"] == "alice"
     assert "Bearer" not in str([dict(s.attributes) for s in captured.spans()])
+
+
+async def test_identity_bound_late_is_written_exactly_as_identity_known_at_start(
+    captured: Captured,
+) -> None:
+    """One attribute table: the keys and encodings a late bind() writes on the root and on
+    later children are those propagate_attributes writes when the headers carry them."""
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from lemma_middleware import LemmaMiddleware, bind
+
+    llm, _ = agent_steps(captured.client)
+
+    async def chat(request: Any) -> JSONResponse:
+        if "x-conversation-id" not in request.headers:
+            bind(thread_id="conv-9", user_id="user-9", tenant_id="acme-9")
+        llm("hi")
+        return JSONResponse({"answer": "ok"})
+
+    app = LemmaMiddleware(
+        Starlette(routes=[Route("/chat", chat, methods=["POST"])]),
+        agent_name="support-agent",
+        environment="staging",
+        release="2.1",
+        metadata={"region": "eu"},
+        langfuse=captured.client,
+    )
+    identity = {"x-conversation-id": "conv-9", "x-user-id": "user-9", "x-tenant-id": "acme-9"}
+    await post(app, "/chat", json={"m": 1}, headers=identity)
+    await post(app, "/chat", json={"m": 1})
+    spans = captured.spans()
+    roots = sorted(captured.roots(), key=lambda s: s.start_time or 0)
+    assert len(roots) == 2
+
+    def comparable(span: Any) -> dict[str, Any]:
+        return {k: v for k, v in span.attributes.items() if k != "langfuse.internal.is_app_root"}
+
+    at_start, bound_late = (comparable(r) for r in roots)
+    assert at_start == bound_late
+    children = [
+        comparable(s)
+        for root in roots
+        for s in spans
+        if s is not root and s.context.trace_id == root.context.trace_id
+    ]
+    assert len(children) == 2
+    assert children[0] == children[1]

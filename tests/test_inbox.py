@@ -225,7 +225,12 @@ def test_check_exits_non_zero_on_violations(db: Path, capsys: pytest.CaptureFixt
     assert {v["rule"] for v in json.loads(capsys.readouterr().out)} >= {"input", "user", "thread"}
 
 
-async def test_inbox_command_serves_and_stores(db: Path, captured: Captured) -> None:
+@pytest.mark.parametrize("stop_signal", ["SIGINT", "SIGTERM"])
+async def test_inbox_command_serves_stores_and_stops_even_when_started_in_the_background(
+    db: Path, captured: Captured, stop_signal: str
+) -> None:
+    """Started from a script with ``&``, a process inherits SIGINT as ignored; the inbox
+    must still stop on Ctrl-C (SIGINT) and on SIGTERM."""
     import signal
     import subprocess
     import sys
@@ -248,7 +253,12 @@ async def test_inbox_command_serves_and_stores(db: Path, captured: Captured) -> 
         "--key",
         "pk-inbox:sk-inbox",
     ]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),  # as `cmd &` does
+    )
     try:
         url = f"http://127.0.0.1:{port}/api/public/otel/v1/traces"
         deadline = time.monotonic() + 20
@@ -263,8 +273,12 @@ async def test_inbox_command_serves_and_stores(db: Path, captured: Captured) -> 
                 time.sleep(0.1)
         assert response.status_code == 200
     finally:
-        process.send_signal(signal.SIGINT)
-        out, _ = process.communicate(timeout=10)
+        process.send_signal(getattr(signal, stop_signal))
+        try:
+            out, _ = process.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
     assert process.returncode == 0
     assert f"LANGFUSE_HOST=http://127.0.0.1:{port}" in out
     assert out.count("trace ") == 3  # one line per arriving trace

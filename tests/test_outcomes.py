@@ -156,12 +156,12 @@ async def test_a_resolver_that_raises_costs_the_request_nothing(
 async def test_a_failure_inside_the_middleware_is_logged_and_the_request_goes_on(
     captured: Captured, monkeypatch: pytest.MonkeyPatch, no_internal_errors: Any
 ) -> None:
-    from lemma_middleware import tracing
+    from lemma_middleware.request import RequestTrace
 
     def broken(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("bug in lemma_middleware")
 
-    monkeypatch.setattr(tracing.RequestTrace, "__init__", broken)
+    monkeypatch.setattr(RequestTrace, "__init__", broken)
     response = await post(make_app(captured.client), "/chat/c", json={"message": "hi"})
     assert response.json() == {"answer": "HI"}
     assert no_internal_errors.records

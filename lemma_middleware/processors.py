@@ -1,0 +1,155 @@
+"""The span processors the middleware adds to a tracer provider, and the one way they are
+wired, for clients the middleware builds and for clients users bring alike.
+
+Order on the provider: :class:`ExportedAncestryProcessor` first (before Langfuse's own
+processor, which marks spans without an exported parent as trace roots), Langfuse's, then
+:class:`RequestScopeProcessor`, then one :class:`DestinationProcessor` per extra destination.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from langfuse.span_filter import is_default_export_span, is_langfuse_span
+from opentelemetry import trace as otel_trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.trace import SpanContext
+
+from .context import current, current_root_context
+from .logs import logger
+from .sdk import ShouldExport, add_processor_first, reparent
+
+
+class ExportFilter:
+    """Decides, like the Langfuse span processor, whether a span is exported."""
+
+    def __init__(self, public_key: str, should_export: ShouldExport | None = None) -> None:
+        self.public_key = public_key
+        self.should_export = should_export or is_default_export_span
+
+    def __call__(self, span: ReadableSpan) -> bool:
+        if is_langfuse_span(span):
+            scope = span.instrumentation_scope
+            attributes = scope.attributes if scope is not None else None
+            return attributes is not None and attributes.get("public_key") == self.public_key
+        try:
+            return bool(self.should_export(span))
+        except Exception:
+            return False
+
+
+class DestinationProcessor(BatchSpanProcessor):
+    """A batch processor for one extra destination, exporting what Langfuse would."""
+
+    def __init__(self, exporter: SpanExporter, exported: ExportFilter, **kwargs: Any) -> None:
+        super().__init__(exporter, **kwargs)
+        self._exported = exported
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if self._exported(span):
+            super().on_end(span)
+
+
+class ExportedAncestryProcessor(SpanProcessor):
+    """Keeps the exported tree whole: an exported span whose parent is never exported
+    (FastAPI's native telemetry spans, OpenTelemetry ASGI server spans, ...) is re-parented
+    to the nearest exported ancestor, or to the request's root.
+
+    It must run before the Langfuse span processor, which marks spans without an exported
+    parent as trace roots.
+    """
+
+    def __init__(
+        self,
+        exported: ExportFilter,
+        request_root: Callable[[], SpanContext | None] = current_root_context,
+    ) -> None:
+        self._exported = exported
+        self._request_root = request_root
+        self._substitute: dict[int, SpanContext] = {}
+
+    def _nearest_exported(self, span: Span, parent_context: Context | None) -> SpanContext | None:
+        parent = span.parent
+        if parent is None or parent.is_remote:
+            return None
+        parent_span = otel_trace.get_current_span(parent_context)
+        if not isinstance(parent_span, ReadableSpan):
+            return None  # non-recording parents carry their own parent's context
+        if parent_span.get_span_context().span_id != parent.span_id:
+            return None
+        if self._exported(parent_span):
+            return parent
+        substitute = self._substitute.get(parent.span_id)
+        if substitute is not None:
+            return substitute
+        root = self._request_root()
+        if root is not None and root.trace_id == parent.trace_id:
+            return root
+        return None
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        if span.parent is None:
+            return
+        try:
+            nearest = self._nearest_exported(span, parent_context)
+            if nearest is None:
+                return
+            if not self._exported(span):
+                self._substitute[span.context.span_id] = nearest
+            elif nearest.span_id != span.parent.span_id:
+                reparent(span, nearest)
+        except Exception:  # never break span creation
+            logger.debug("lemma_middleware: ancestry check failed", exc_info=True)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        context = span.context
+        if context is not None:
+            self._substitute.pop(context.span_id, None)
+
+
+class RequestScopeProcessor(SpanProcessor):
+    """Gives every exported span started inside a traced request the raw Lemma keys and
+    any identity bound late (bind(), auth user). Runs after the Langfuse span processor.
+    Spans that are not exported (a framework's own) are left untouched."""
+
+    def __init__(self, exported: ExportFilter) -> None:
+        self._exported = exported
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        active = current(parent_context)
+        if active is None or span is active.span:
+            return
+        if span.context.trace_id != active.span_context.trace_id:
+            return
+        try:
+            if not self._exported(span):
+                return
+            active.on_child_start(span)
+        except Exception:
+            logger.debug("lemma_middleware: request scope failed", exc_info=True)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        return None
+
+
+_wired: weakref.WeakKeyDictionary[TracerProvider, set[str]] = weakref.WeakKeyDictionary()
+
+
+def wire_provider(
+    provider: TracerProvider, exported: ExportFilter, extra: tuple[SpanProcessor, ...] = ()
+) -> None:
+    """Add the middleware's processors for one client to ``provider``, whose Langfuse
+    processor is already there: ancestry first, request scope and ``extra`` after it.
+    Once per provider and public key."""
+    keys = _wired.setdefault(provider, set())
+    if exported.public_key in keys:
+        return
+    keys.add(exported.public_key)
+    add_processor_first(provider, ExportedAncestryProcessor(exported))
+    provider.add_span_processor(RequestScopeProcessor(exported))
+    for processor in extra:
+        provider.add_span_processor(processor)
