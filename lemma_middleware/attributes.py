@@ -21,7 +21,8 @@ import json
 import logging
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any
 
 from langfuse import LangfuseOtelSpanAttributes as Langfuse
@@ -67,30 +68,35 @@ class TraceValues:
     version: str | None
     static_metadata: Mapping[str, str]
 
-    def value(self, name: str) -> str | None:
-        """The value of one table row."""
-        if name in ("thread_id", "user_id", "tenant_id"):
-            value: str | None = getattr(self.identity, name)
-            return value
-        return getattr(self, name)  # type: ignore[no-any-return]
-
 
 @dataclass(frozen=True)
 class Row:
-    """One value of the table and every key it is written under."""
+    """One value of the table (a path into :class:`TraceValues`) and every key it is
+    written under."""
 
-    value: str
+    path: str
     propagated: str | None = None
     langfuse: str | None = None
     metadata: str | None = None
     raw: str | None = None
     root_only: str | None = None
+    value: attrgetter[str | None] = field(init=False, repr=False, compare=False)
+    """This row's value in a :class:`TraceValues`."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "value", attrgetter(self.path))
 
 
 ATTRIBUTE_TABLE: tuple[Row, ...] = (
-    Row("thread_id", "session_id", Langfuse.TRACE_SESSION_ID, "lemma.thread_id", "lemma.thread_id"),
-    Row("user_id", "user_id", Langfuse.TRACE_USER_ID),
-    Row("tenant_id", metadata="tenant_id", raw="app.tenant.id"),
+    Row(
+        "identity.thread_id",
+        "session_id",
+        Langfuse.TRACE_SESSION_ID,
+        "lemma.thread_id",
+        "lemma.thread_id",
+    ),
+    Row("identity.user_id", "user_id", Langfuse.TRACE_USER_ID),
+    Row("identity.tenant_id", metadata="tenant_id", raw="app.tenant.id"),
     Row(
         "agent_name",
         "trace_name",
@@ -115,7 +121,7 @@ def propagated_metadata(values: TraceValues) -> dict[str, str]:
     metadata = dict(values.static_metadata)
     metadata.update({k: metadata_value(k, v) for k, v in values.identity.metadata.items()})
     for row in ATTRIBUTE_TABLE:
-        value = values.value(row.value)
+        value = row.value(values)
         if row.metadata and value:
             metadata[row.metadata] = value
     return metadata
@@ -126,22 +132,20 @@ def propagate_arguments(values: TraceValues) -> dict[str, Any]:
     arguments: dict[str, Any] = {"metadata": propagated_metadata(values)}
     for row in ATTRIBUTE_TABLE:
         if row.propagated:
-            arguments[row.propagated] = values.value(row.value)
+            arguments[row.propagated] = row.value(values)
     return arguments
 
 
 def raw_attributes(values: TraceValues) -> dict[str, str]:
     """Lemma's raw keys, written on the root and on every exported child."""
-    return {
-        row.raw: value for row in ATTRIBUTE_TABLE if row.raw and (value := values.value(row.value))
-    }
+    return {row.raw: value for row in ATTRIBUTE_TABLE if row.raw and (value := row.value(values))}
 
 
 def root_attributes(values: TraceValues) -> dict[str, Any]:
     """The attributes the root starts with (propagated ones are added by Langfuse)."""
     attributes: dict[str, Any] = {Langfuse.OBSERVATION_TYPE: "agent"}
     for row in ATTRIBUTE_TABLE:
-        value = values.value(row.value)
+        value = row.value(values)
         if value:
             if row.raw:
                 attributes[row.raw] = value
@@ -158,7 +162,7 @@ def span_attributes(values: TraceValues) -> dict[str, str]:
     children started after it."""
     attributes = raw_attributes(values)
     for row in ATTRIBUTE_TABLE:
-        value = values.value(row.value)
+        value = row.value(values)
         if row.langfuse and value:
             attributes[row.langfuse] = value
     for key, value in propagated_metadata(values).items():

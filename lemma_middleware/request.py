@@ -66,7 +66,7 @@ class RequestTrace:
         agent_name: object = None,
     ) -> None:
         """``resolved``/``agent_name``: what the identity resolver and an agent-name callable
-        returned for this request (the adapter calls them, sync or async)."""
+        returned for this request (:class:`Tracing` calls them, sync or async)."""
         options = tracing.options
         self.tracing = tracing
         self.request = request

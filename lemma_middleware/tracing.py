@@ -27,8 +27,9 @@ from .sdk import ClientAccess
 
 
 def _is_async(function: Callable[..., Any]) -> bool:
+    """An ``async def`` function, or an object whose ``__call__`` is one."""
     return inspect.iscoroutinefunction(function) or inspect.iscoroutinefunction(
-        getattr(function, "__call__", None)  # noqa: B004 (an object with async __call__)
+        type(function).__call__
     )
 
 
@@ -50,13 +51,21 @@ class Tracing:
         self.recorder = Recorder(self.options, access.mask, bodies_allowed=access.mask_known)
         self.is_excluded = self.options.is_excluded
         """``is_excluded(method, path)``: True for a request passed through untraced."""
-        self._callables = [
+        callables = [
             (name, function)
             for name, function in (
                 ("identity_resolver", self.options.identity_resolver),
                 ("agent_name", self.options.agent_name),
             )
             if callable(function)
+        ]
+        # Each user callable as the sync adapter calls it and as the async one awaits it.
+        self._sync_callables = [
+            (name, async_to_sync(f) if _is_async(f) else f) for name, f in callables
+        ]
+        self._async_callables = [
+            (name, f if _is_async(f) else sync_to_async(f, thread_sensitive=False))
+            for name, f in callables
         ]
         if not self.enabled:
             logger.warning(
@@ -84,20 +93,17 @@ class Tracing:
     def start(self, request: RequestInfo) -> RequestTrace | None:
         """Open the root observation for ``request``; None if that failed (logged once).
         Async user callables are run to completion on a private event loop."""
-        results = {}
-        for name, function in self._callables:
-            if _is_async(function):
-                function = async_to_sync(function)
-            results[name] = call_guarded(name, function, request.request)
+        results = {
+            name: call_guarded(name, function, request.request)
+            for name, function in self._sync_callables
+        }
         return self._start(request, results)
 
     async def start_async(self, request: RequestInfo) -> RequestTrace | None:
         """:meth:`start` for an event loop: async user callables are awaited, sync ones run
         in a worker thread."""
         results = {}
-        for name, function in self._callables:
-            if not _is_async(function):
-                function = sync_to_async(function, thread_sensitive=False)
+        for name, function in self._async_callables:
             try:
                 results[name] = await function(request.request)
             except Exception as error:
