@@ -102,7 +102,9 @@ class TracedExchange(Exchange):
         except Exception as problem:
             report_untraced(problem)
             return None
-        return await tracing.start_async(request)
+        if tracing.awaits_callables:
+            return await tracing.start_async(request)
+        return tracing.start(request)
 
     async def run(self, tracing: Tracing) -> None:
         scope = self.scope

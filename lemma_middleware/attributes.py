@@ -23,7 +23,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from operator import attrgetter
-from typing import Any
+from typing import Any, NamedTuple
 
 from langfuse import LangfuseOtelSpanAttributes as Langfuse
 
@@ -57,8 +57,7 @@ def metadata_value(key: str, value: Any) -> str:
     return text
 
 
-@dataclass(frozen=True)
-class TraceValues:
+class TraceValues(NamedTuple):
     """Everything a request's trace carries besides its input, output and outcome."""
 
     agent_name: str

@@ -67,6 +67,8 @@ class Tracing:
             (name, f if _is_async(f) else sync_to_async(f, thread_sensitive=False))
             for name, f in callables
         ]
+        self.awaits_callables = bool(callables)
+        """Whether :meth:`start_async` has anything to await (else :meth:`start` will do)."""
         if not self.enabled:
             logger.warning(
                 "lemma_middleware: tracing is off (no Langfuse keys, no LEMMA_API_KEY/"
