@@ -1,13 +1,20 @@
 """The apps the benchmark compares: one agent endpoint, traced in each of the ways a user could.
 
-ASGI variants (FastAPI): ``bare``, ``handwritten`` (``@app.middleware("http")`` opening
-``start_as_current_observation`` + ``propagate_attributes`` around ``call_next``, as the docs
-suggest), ``otel`` (OpenTelemetry's ASGI instrumentation), ``lemma``, ``lemma-nocapture``.
+ASGI variants, all ``FastAPI()`` as users write it (its native telemetry on, so it records
+spans whenever a global SDK tracer provider exists): ``bare``; ``fastapi-otel`` (FastAPI's
+native telemetry on a global OpenTelemetry SDK provider with the OTLP/HTTP exporter: what a
+FastAPI user picks today); ``otel`` (OpenTelemetry's ASGI middleware, explicit provider);
+``handwritten`` (``@app.middleware("http")`` opening ``start_as_current_observation`` +
+``propagate_attributes`` around ``call_next``, as Langfuse's docs suggest, with a plain
+``Langfuse()`` client, which makes its provider global); ``lemma``; ``lemma-telemetry-off``
+(``FastAPI(telemetry={"tracing": False})``: not the default); ``lemma-nocapture``.
 WSGI variants (Flask): ``bare``, ``handwritten`` (``before_request``/``teardown_request``),
 ``otel`` (OpenTelemetry's WSGI instrumentation), ``lemma``.
 
 Servers import ``bench.apps:asgi_app`` / ``bench.apps:wsgi_app``; the variant comes from the
-environment variable ``BENCH_VARIANT``.
+environment variable ``BENCH_VARIANT``. In one process (the in-process sections) there is a
+single global provider for many variants, so there each variant's ``FastAPI()`` is handed
+the provider its own process would have made global (``telemetry_provider``).
 """
 
 from __future__ import annotations
@@ -87,13 +94,24 @@ def sdk_floor(client: Langfuse, headers: dict[str, str], body: bytes, answer: An
 
 
 def make_asgi(
-    variant: str, client: Langfuse | None, otel_exporter: SpanExporter | None = None
+    variant: str,
+    client: Langfuse | None,
+    otel_exporter: SpanExporter | None = None,
+    telemetry_provider: TracerProvider | None = None,
 ) -> Any:
-    """The FastAPI agent, traced as ``variant`` says."""
+    """The FastAPI agent, traced as ``variant`` says. ``telemetry_provider``: the provider
+    FastAPI's native telemetry would find global in this variant's own process."""
     from fastapi import FastAPI, Request
     from fastapi.responses import Response, StreamingResponse
 
-    app = FastAPI(telemetry={"tracing": False})
+    if variant == "fastapi-otel" and telemetry_provider is None and otel_exporter is not None:
+        telemetry_provider = otel_provider(otel_exporter)
+    if variant == "lemma-telemetry-off":
+        app = FastAPI(telemetry={"tracing": False})
+    elif telemetry_provider is not None:
+        app = FastAPI(telemetry={"tracer_provider": telemetry_provider})
+    else:
+        app = FastAPI()
 
     @app.post("/chat")
     async def chat(body: dict[str, Any]) -> dict[str, Any]:
@@ -128,7 +146,7 @@ def make_asgi(
                 root.update(output=content.decode())
                 return Response(content, response.status_code, dict(response.headers))
 
-    if variant in ("lemma", "lemma-nocapture"):
+    if variant in ("lemma", "lemma-nocapture", "lemma-telemetry-off"):
         from lemma_middleware import LemmaMiddleware
 
         capture = variant == "lemma"
@@ -209,7 +227,9 @@ def make_wsgi(
 # entry points for real servers, configured by environment -------------------------------
 
 
-def _server_client() -> Langfuse | None:
+def _server_client(variant: str) -> Langfuse | None:
+    if variant == "handwritten":  # as Langfuse's docs set it up: keys from the environment
+        return Langfuse()
     from lemma_middleware import build_client
 
     return build_client(service_name=AGENT)
@@ -224,15 +244,23 @@ def _server_otel_exporter() -> SpanExporter:
     return OTLPSpanExporter(endpoint=f"{host}/v1/traces", headers={"Authorization": auth})
 
 
+NO_CLIENT = ("bare", "otel", "fastapi-otel")
+
+
 def asgi_app_from_env() -> Any:
     variant = os.environ.get("BENCH_VARIANT", "bare")
-    client = None if variant in ("bare", "otel") else _server_client()
+    client = None if variant in NO_CLIENT else _server_client(variant)
+    if variant == "fastapi-otel":  # the global provider FastAPI's native telemetry finds
+        from opentelemetry import trace
+
+        trace.set_tracer_provider(otel_provider(_server_otel_exporter()))
+        return make_asgi(variant, None)
     return make_asgi(variant, client, _server_otel_exporter() if variant == "otel" else None)
 
 
 def wsgi_app_from_env() -> Any:
     variant = os.environ.get("BENCH_VARIANT", "bare")
-    client = None if variant in ("bare", "otel") else _server_client()
+    client = None if variant in NO_CLIENT else _server_client(variant)
     return make_wsgi(variant, client, _server_otel_exporter() if variant == "otel" else None)
 
 

@@ -17,22 +17,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gzip
 import io
 import os
 import re
 import signal
+import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+from langfuse import Langfuse
 from langfuse._client.span_exporter import LangfuseTransformingSpanExporter
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -41,6 +44,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from bench.apps import OTEL_PROVIDERS, NoOpExporter, make_asgi, make_wsgi, sdk_floor
 from lemma_middleware import build_client
+from lemma_middleware.provider import OwnedTracerProvider
 
 ROOT = Path(__file__).resolve().parents[1]
 BODY = b'{"message": "where is my parcel?"}'
@@ -87,12 +91,26 @@ def interleave(
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
-def no_op_client(key: str) -> Any:
-    client = build_client(
-        span_exporter=NoOpExporter(), tracer_provider=TracerProvider(), public_key=key
-    )
+def no_op_client(key: str) -> tuple[Any, TracerProvider]:
+    """The middleware's client and the provider it would create (and make global) in a
+    process of its own, exporting to nowhere."""
+    provider = OwnedTracerProvider()
+    client = build_client(span_exporter=NoOpExporter(), tracer_provider=provider, public_key=key)
     assert client is not None
-    return client
+    return client, provider
+
+
+def users_langfuse(key: str, exporter: SpanExporter | None = None) -> tuple[Any, TracerProvider]:
+    """A plain ``Langfuse()`` client as the docs set one up, on a provider like the one it
+    would make global, exporting to nowhere (or ``exporter``)."""
+    provider = TracerProvider()
+    client = Langfuse(
+        public_key=key,
+        secret_key="unused",
+        span_exporter=exporter or NoOpExporter(),
+        tracer_provider=provider,
+    )
+    return client, provider
 
 
 # in-process ASGI --------------------------------------------------------------------------
@@ -135,28 +153,54 @@ def asgi_caller(app: Any, path: str) -> Callable[[], None]:
     return lambda: loop.run_until_complete(one())
 
 
+ASGI_NAMES = {
+    "bare": "bare app",
+    "fastapi-otel": "FastAPI native OTel, global SDK provider",
+    "otel": "OpenTelemetry ASGI middleware",
+    "handwritten": "hand-written middleware (docs)",
+    "lemma": "lemma middleware, traced",
+    "lemma-telemetry-off": "lemma, FastAPI telemetry off (not dflt)",
+}
+
+
 def asgi_section(rounds: int, per_round: int) -> dict[str, float]:
-    client = no_op_client("pk-bench-asgi")
-    floor_client = no_op_client("pk-bench-floor")
+    client, provider = no_op_client("pk-bench-asgi")
+    hand, hand_provider = users_langfuse("pk-bench-hand")
+    floor_client, _ = no_op_client("pk-bench-floor")
+    names = ASGI_NAMES
     variants = {
-        "bare app": asgi_caller(make_asgi("bare", None), "/chat"),
-        "hand-written middleware (docs)": asgi_caller(make_asgi("handwritten", client), "/chat"),
-        "OpenTelemetry ASGI instrumentation": asgi_caller(make_asgi("otel", None), "/chat"),
+        names["bare"]: asgi_caller(make_asgi("bare", None), "/chat"),
+        names["fastapi-otel"]: asgi_caller(
+            make_asgi("fastapi-otel", None, NoOpExporter()), "/chat"
+        ),
+        names["otel"]: asgi_caller(make_asgi("otel", None), "/chat"),
+        names["handwritten"]: asgi_caller(
+            make_asgi("handwritten", hand, telemetry_provider=hand_provider), "/chat"
+        ),
         "Langfuse SDK floor (no HTTP)": lambda: sdk_floor(
             floor_client, HEADERS, BODY, {"answer": "X"}
         ),
-        "lemma middleware, traced": asgi_caller(make_asgi("lemma", client), "/chat"),
-        "lemma middleware, capture off": asgi_caller(make_asgi("lemma-nocapture", client), "/chat"),
-        "lemma middleware, excluded path": asgi_caller(make_asgi("lemma", client), "/health"),
+        names["lemma"]: asgi_caller(
+            make_asgi("lemma", client, telemetry_provider=provider), "/chat"
+        ),
+        names["lemma-telemetry-off"]: asgi_caller(
+            make_asgi("lemma-telemetry-off", client), "/chat"
+        ),
+        "lemma middleware, capture off": asgi_caller(
+            make_asgi("lemma-nocapture", client, telemetry_provider=provider), "/chat"
+        ),
+        "lemma middleware, excluded path": asgi_caller(
+            make_asgi("lemma", client, telemetry_provider=provider), "/health"
+        ),
     }
     medians = interleave(variants, rounds, per_round)
     floor = medians["Langfuse SDK floor (no HTTP)"]
-    rows = [Row(name, value) for name, value in medians.items()]
-    rows[3] = Row(
-        "Langfuse SDK floor (no HTTP)", floor + medians["bare app"]
-    )  # shown as bare + floor
+    rows = [
+        Row(name, value + (medians["bare app"] if name.startswith("Langfuse SDK") else 0))
+        for name, value in medians.items()
+    ]  # the floor is shown as bare + floor
     print_table(
-        "ASGI, in-process (FastAPI POST /chat, JSON body, 3 identity headers)",
+        "ASGI, in-process (FastAPI() POST /chat, JSON body, 3 identity headers)",
         rows,
         medians["bare app"],
         floor,
@@ -179,21 +223,20 @@ def export_cost_section(requests: int) -> dict[str, float]:
     """CPU per request spent on the export thread: Langfuse's media pass (Langfuse clients
     only), OTLP protobuf encoding and gzip, for the spans one request produces."""
     costs: dict[str, float] = {}
-    plan: list[tuple[str, str, bool]] = [
-        ("hand-written middleware (docs)", "handwritten", True),
-        ("OpenTelemetry ASGI instrumentation", "otel", False),
-        ("lemma middleware, traced", "lemma", True),
-    ]
-    for name, variant, langfuse in plan:
+    spans_per_request: dict[str, float] = {}
+    for variant in ("fastapi-otel", "otel", "handwritten", "lemma"):
+        name = ASGI_NAMES[variant]
         memory = InMemorySpanExporter()
-        client = None
-        if langfuse:
+        client, provider = None, None
+        if variant == "handwritten":
+            client, provider = users_langfuse("pk-cost-hand", memory)
+        elif variant == "lemma":
+            provider = OwnedTracerProvider()
             client = build_client(
-                span_exporter=memory,
-                tracer_provider=TracerProvider(),
-                public_key=f"pk-cost-{variant}",
+                span_exporter=memory, tracer_provider=provider, public_key="pk-cost-lemma"
             )
-        call = asgi_caller(make_asgi(variant, client, memory), "/chat")
+        app = make_asgi(variant, client, memory, telemetry_provider=provider)
+        call = asgi_caller(app, "/chat")
         for _ in range(requests):
             call()
         if client is not None:
@@ -201,6 +244,7 @@ def export_cost_section(requests: int) -> dict[str, float]:
         else:
             OTEL_PROVIDERS[-1].force_flush()
         spans = list(memory.get_finished_spans())
+        spans_per_request[name] = len(spans) / requests
         exporter: SpanExporter = EncodeOnly()
         if client is not None:
             exporter = LangfuseTransformingSpanExporter(
@@ -216,9 +260,9 @@ def export_cost_section(requests: int) -> dict[str, float]:
             timings.append((time.perf_counter() - start) / requests * 1e6)
         costs[name] = statistics.median(timings)
     print("\nExport, per request, on the background export thread (no network)")
-    print(f"{'variant':38} {'us/request':>10}")
+    print(f"{'variant':40} {'us/request':>10} {'spans/request':>14}")
     for name, value in costs.items():
-        print(f"{name:38} {value:10.1f}")
+        print(f"{name:40} {value:10.1f} {spans_per_request[name]:14.2f}")
     return costs
 
 
@@ -265,12 +309,13 @@ def wsgi_caller(app: Any, path: str) -> Callable[[], None]:
 
 
 def wsgi_section(rounds: int, per_round: int) -> dict[str, float]:
-    client = no_op_client("pk-bench-wsgi")
-    floor_client = no_op_client("pk-bench-floor-wsgi")
+    client, _ = no_op_client("pk-bench-wsgi")
+    hand, _ = users_langfuse("pk-bench-hand-wsgi")
+    floor_client, _ = no_op_client("pk-bench-floor-wsgi")
     variants = {
         "bare app": wsgi_caller(make_wsgi("bare", None), "/chat"),
         "hand-written before/teardown_request": wsgi_caller(
-            make_wsgi("handwritten", client), "/chat"
+            make_wsgi("handwritten", hand), "/chat"
         ),
         "OpenTelemetry WSGI instrumentation": wsgi_caller(make_wsgi("otel", None), "/chat"),
         "Langfuse SDK floor (no HTTP)": lambda: sdk_floor(
@@ -281,12 +326,39 @@ def wsgi_section(rounds: int, per_round: int) -> dict[str, float]:
     }
     medians = interleave(variants, rounds, per_round)
     floor = medians["Langfuse SDK floor (no HTTP)"]
-    rows = [Row(name, value) for name, value in medians.items()]
-    rows[3] = Row("Langfuse SDK floor (no HTTP)", floor + medians["bare app"])
+    rows = [
+        Row(name, value + (medians["bare app"] if name.startswith("Langfuse SDK") else 0))
+        for name, value in medians.items()
+    ]
     print_table(
         "WSGI, in-process (Flask POST /chat, same request)", rows, medians["bare app"], floor
     )
     return medians
+
+
+@contextlib.contextmanager
+def local_inbox(database: Path) -> Iterator[dict[str, str]]:
+    """The local inbox in a process of its own; yields the environment that points the
+    servers' Langfuse export (and nothing else) at it."""
+    port = free_port()
+    inbox = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "lemma_middleware", "--db", str(database), "inbox"),
+            *("--port", str(port), "--key", "pk-bench:sk-bench"),
+        ],
+        stdout=subprocess.DEVNULL,
+        cwd=ROOT,
+    )
+    try:
+        yield {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("LANGFUSE_", "LEMMA_"))},
+            "LANGFUSE_PUBLIC_KEY": "pk-bench",
+            "LANGFUSE_SECRET_KEY": "sk-bench",
+            "LANGFUSE_HOST": f"http://127.0.0.1:{port}",
+        }
+    finally:
+        inbox.send_signal(signal.SIGINT)
+        inbox.wait(timeout=60)
 
 
 # end to end -----------------------------------------------------------------------------
@@ -307,6 +379,7 @@ class Load:
     p50_ms: float
     p99_ms: float
     errors: int
+    requests: int
 
 
 def _ms(text: str) -> float:
@@ -337,13 +410,18 @@ def wrk(url: str, seconds: float, connections: int, script: str) -> Load:
     except (AttributeError, KeyError) as error:
         raise RuntimeError(f"could not read wrk's output:\n{out}") from error
     errors_match = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return Load(rps, p50, p99, int(errors_match.group(1)) if errors_match else 0)
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    return Load(rps, p50, p99, int(errors_match.group(1)) if errors_match else 0, requests)
 
 
 def free_port() -> int:
     from examples.demo import free_port as port
 
     return port()
+
+
+STARTUP_PROBES = 1
+"""Requests :func:`serve` makes to a server before it is measured (``POST /health``)."""
 
 
 def serve(kind: str, variant: str, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
@@ -353,8 +431,10 @@ def serve(kind: str, variant: str, env: dict[str, str]) -> tuple[subprocess.Pope
         command = [sys.executable, "-m", "uvicorn", "bench.apps:asgi_app", "--port", str(port)]
         command += ["--host", "127.0.0.1", "--log-level", "warning", "--no-access-log"]
     else:
-        command = [sys.executable, "-m", "gunicorn", "-w", "2", "-k", "gthread", "--threads", "4"]
-        command += ["-b", f"127.0.0.1:{port}", "--log-level", "warning", "bench.apps:wsgi_app"]
+        # --reuse-port: without it the kernel often hands every connection to one worker
+        command = [sys.executable, "-m", "gunicorn", "-w", "2", "-k", "gthread", "--threads", "8"]
+        command += ["--reuse-port", "-b", f"127.0.0.1:{port}", "--log-level", "warning"]
+        command += ["bench.apps:wsgi_app"]
     process = subprocess.Popen(command, env=env, cwd=ROOT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
@@ -387,86 +467,113 @@ def wait_quiet(limit: float = 15.0, idle_share: float = 0.9) -> None:
         idle, total = idle2, total2
 
 
-def e2e_section(seconds: float, connections: int, rounds: int) -> dict[str, Load]:
+E2E_VARIANTS = {
+    "asgi": ("bare", "fastapi-otel", "otel", "handwritten", "lemma", "lemma-telemetry-off"),
+    "wsgi": ("bare", "otel", "handwritten", "lemma"),
+}
+WSGI_NAMES = {
+    "bare": "bare app",
+    "otel": "OpenTelemetry WSGI middleware",
+    "handwritten": "hand-written before/teardown_request",
+    "lemma": "lemma middleware, traced",
+}
+
+
+@dataclass
+class Served:
+    """One variant under load: medians over the rounds, and what reached the inbox."""
+
+    load: Load
+    requests: int
+    """Every request the server answered (rounds, warm-up and start-up probes)."""
+    spans: int
+    traces: int
+
+
+def _received(database: Path) -> dict[str, tuple[int, int]]:
+    """Spans and traces the inbox stored, per ``service.name``."""
+    with sqlite3.connect(database) as db:
+        rows = db.execute(
+            "SELECT json_extract(resource, '$.\"service.name\"'), COUNT(*), "
+            "COUNT(DISTINCT trace_id) FROM spans GROUP BY 1"
+        ).fetchall()
+    return {str(service): (spans, traces) for service, spans, traces in rows}
+
+
+def e2e_section(seconds: float, connections: int, rounds: int) -> dict[str, Served]:
     """All variants of a kind served at once (idle ones cost nothing), loaded in turn,
-    round by round; medians over the rounds."""
+    round by round; medians over the rounds. Each server has its own ``service.name``, so
+    the spans the inbox received are counted per variant once the servers have stopped
+    (and flushed): a traced variant that received fewer traces than it served requests
+    dropped some."""
     samples: dict[str, list[Load]] = {}
-    variants = ("bare", "handwritten", "otel", "lemma")
+    served: dict[str, int] = {}
     with tempfile.TemporaryDirectory() as folder:
         script = str(Path(folder) / "post.lua")
         Path(script).write_text(WRK_SCRIPT)
-        inbox_port = free_port()
-        inbox = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "lemma_middleware",
-                "--db",
-                str(Path(folder) / "inbox.sqlite3"),
-                "inbox",
-                "--port",
-                str(inbox_port),
-                "--key",
-                "pk-bench:sk-bench",
-            ],
-            stdout=subprocess.DEVNULL,
-            cwd=ROOT,
-        )
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith(("LANGFUSE_", "LEMMA_"))},
-            "LANGFUSE_PUBLIC_KEY": "pk-bench",
-            "LANGFUSE_SECRET_KEY": "sk-bench",
-            "LANGFUSE_HOST": f"http://127.0.0.1:{inbox_port}",
-        }
-        try:
-            for kind in ("asgi", "wsgi"):
-                servers = {variant: serve(kind, variant, env) for variant in variants}
+        database = Path(folder) / "inbox.sqlite3"
+        with local_inbox(database) as env:
+            for kind, variants in E2E_VARIANTS.items():
+                servers = {
+                    variant: serve(kind, variant, {**env, "OTEL_SERVICE_NAME": f"{kind} {variant}"})
+                    for variant in variants
+                }
                 try:
-                    for _, url in servers.values():
-                        wrk(f"{url}/chat", 1, connections, script)  # warm up
+                    for variant, (_, url) in servers.items():
+                        warm = wrk(f"{url}/chat", min(3, seconds), connections, script)
+                        served[f"{kind} {variant}"] = warm.requests + STARTUP_PROBES
                     for _ in range(rounds):
                         for variant, (_, url) in servers.items():
                             wait_quiet()
                             load = wrk(f"{url}/chat", seconds, connections, script)
                             samples.setdefault(f"{kind} {variant}", []).append(load)
+                            served[f"{kind} {variant}"] += load.requests
                 finally:
                     for process, _ in servers.values():
                         process.send_signal(signal.SIGTERM)
                     for process, _ in servers.values():
                         process.wait(timeout=60)
-        finally:
-            inbox.send_signal(signal.SIGINT)
-            inbox.wait(timeout=10)
+            wait_quiet()  # the inbox stores what the servers flushed on their way out
+            received = _received(database)
     results = {
-        name: Load(
-            statistics.median(load.requests_per_s for load in loads),
-            statistics.median(load.p50_ms for load in loads),
-            statistics.median(load.p99_ms for load in loads),
-            sum(load.errors for load in loads),
+        name: Served(
+            Load(
+                statistics.median(load.requests_per_s for load in loads),
+                statistics.median(load.p50_ms for load in loads),
+                statistics.median(load.p99_ms for load in loads),
+                sum(load.errors for load in loads),
+                sum(load.requests for load in loads),
+            ),
+            served[name],
+            *received.get(name, (0, 0)),
         )
         for name, loads in samples.items()
     }
-    names = {
-        "bare": "bare app",
-        "handwritten": "hand-written middleware",
-        "otel": "OpenTelemetry instrumentation",
-        "lemma": "lemma middleware, traced",
-    }
-    for kind, server in (("asgi", "uvicorn, 1 worker"), ("wsgi", "gunicorn, 2 workers gthread")):
+    servers_used = {"asgi": "uvicorn, 1 worker", "wsgi": "gunicorn --reuse-port, 2 gthread x 8"}
+    for kind, variants in E2E_VARIANTS.items():
+        names = ASGI_NAMES if kind == "asgi" else WSGI_NAMES
         print(
-            f"\nEnd to end, {kind.upper()} under {server}, wrk -t1 -c{connections}, "
+            f"\nEnd to end, {kind.upper()} under {servers_used[kind]}, wrk -t1 -c{connections}, "
             f"{rounds} rounds of {round(seconds)}s, export to the local inbox (medians)"
         )
         print(
-            f"{'variant':38} {'req/s':>9} {'x bare':>7} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}"
+            f"{'variant':40} {'req/s':>7} {'x bare':>6} {'p50 ms':>7} {'p99 ms':>7} "
+            f"{'non-2xx':>7} {'spans/req':>9}  traces received / requests"
         )
-        base = results[f"{kind} bare"].requests_per_s
-        for variant, name in names.items():
-            load = results[f"{kind} {variant}"]
-            print(
-                f"{name:38} {load.requests_per_s:9.0f} {load.requests_per_s / base:7.2f} "
-                f"{load.p50_ms:8.2f} {load.p99_ms:8.2f} {load.errors:8}"
+        base = results[f"{kind} bare"].load.requests_per_s
+        for variant in variants:
+            result = results[f"{kind} {variant}"]
+            load = result.load
+            line = (
+                f"{names[variant]:40} {load.requests_per_s:7.0f} {load.requests_per_s / base:6.2f} "
+                f"{load.p50_ms:7.2f} {load.p99_ms:7.2f} {load.errors:7} "
+                f"{result.spans / result.requests:9.2f}"
             )
+            if variant != "bare":
+                line += f"  {result.traces} / {result.requests}"
+                if result.traces < result.requests - STARTUP_PROBES:
+                    line += f"  DROPPED {result.requests - result.traces}"
+            print(line)
     return results
 
 
@@ -488,11 +595,8 @@ def peak_rss_streaming(variant: str, megabytes: int, env: dict[str, str]) -> flo
 
 
 def memory_section(megabytes: int) -> dict[str, float]:
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("LANGFUSE_", "LEMMA_"))},
-        "LEMMA_OTLP_ENDPOINT": f"http://127.0.0.1:{free_port()}/v1/traces",  # nobody listens: fine
-    }
-    peaks = {variant: peak_rss_streaming(variant, megabytes, env) for variant in ("bare", "lemma")}
+    with tempfile.TemporaryDirectory() as folder, local_inbox(Path(folder) / "db") as env:
+        peaks = {v: peak_rss_streaming(v, megabytes, env) for v in ("bare", "lemma")}
     print(f"\nMemory: peak RSS of uvicorn streaming {megabytes} MB of SSE to a client")
     print(f"{'variant':38} {'peak RSS MB':>12}")
     print(f"{'bare app':38} {peaks['bare']:12.1f}")
@@ -509,71 +613,83 @@ def memory_section(megabytes: int) -> dict[str, float]:
 def judge(
     asgi: dict[str, float] | None,
     wsgi: dict[str, float] | None,
-    e2e: dict[str, Load] | None,
+    e2e: dict[str, Served] | None,
     memory: dict[str, float] | None,
 ) -> None:
+    """The targets of the performance issue, judged on this run's own figures."""
     checks: list[tuple[str, bool, str]] = []
     if asgi:
-        base, floor = asgi["bare app"], asgi["Langfuse SDK floor (no HTTP)"]
-        ours = asgi["lemma middleware, traced"] - base
-        hand = asgi["hand-written middleware (docs)"] - base
-        otel = asgi["OpenTelemetry ASGI instrumentation"] - base
+        base = asgi["bare app"]
+        ours = asgi[ASGI_NAMES["lemma"]] - base
+        hand = asgi[ASGI_NAMES["handwritten"]] - base
+        excluded = asgi["lemma middleware, excluded path"] - base
         checks += [
             (
                 "ASGI overhead <= 1/3 of hand-written",
                 ours <= hand / 3,
                 f"{ours:.0f} vs {hand:.0f} us",
             ),
-            ("ASGI overhead < OpenTelemetry ASGI", ours < otel, f"{ours:.0f} vs {otel:.0f} us"),
-            ("ASGI overhead <= 1.15x SDK floor", ours <= 1.15 * floor, f"{ours / floor:.2f}x"),
-            (
-                "ASGI excluded path < 5 us over bare",
-                asgi["lemma middleware, excluded path"] - base < 5,
-                f"{asgi['lemma middleware, excluded path'] - base:.1f} us",
-            ),
+            ("ASGI excluded path < 5 us over bare", excluded < 5, f"{excluded:.1f} us"),
         ]
     if wsgi:
-        base, floor = wsgi["bare app"], wsgi["Langfuse SDK floor (no HTTP)"]
+        base = wsgi["bare app"]
         ours = wsgi["lemma middleware, traced"] - base
-        hand = wsgi["hand-written before/teardown_request"] - base
+        otel = wsgi["OpenTelemetry WSGI instrumentation"] - base
+        excluded = wsgi["lemma middleware, excluded path"] - base
         checks += [
-            (
-                "WSGI overhead <= 2/3 of hand-written",
-                ours <= hand * 2 / 3,
-                f"{ours:.0f} vs {hand:.0f} us",
-            ),
-            ("WSGI overhead <= 1.15x SDK floor", ours <= 1.15 * floor, f"{ours / floor:.2f}x"),
-            (
-                "WSGI excluded path < 5 us over bare",
-                wsgi["lemma middleware, excluded path"] - base < 5,
-                f"{wsgi['lemma middleware, excluded path'] - base:.1f} us",
-            ),
+            ("WSGI overhead <= OpenTelemetry WSGI's", ours <= otel, f"{ours:.0f} vs {otel:.0f} us"),
+            ("WSGI excluded path < 5 us over bare", excluded < 5, f"{excluded:.1f} us"),
         ]
     if e2e:
-        ours, hand, otel = e2e["asgi lemma"], e2e["asgi handwritten"], e2e["asgi otel"]
+        lemma, hand_load = e2e["asgi lemma"].load, e2e["asgi handwritten"].load
+        native, middleware = e2e["asgi fastapi-otel"].load, e2e["asgi otel"].load
+        best_otel = max(native.requests_per_s, middleware.requests_per_s)
+        lowest_p99 = min(native.p99_ms, middleware.p99_ms)
+        wsgi_ours, wsgi_otel = e2e["wsgi lemma"].load, e2e["wsgi otel"].load
         checks += [
             (
-                "e2e ASGI req/s above OpenTelemetry's",
-                ours.requests_per_s > otel.requests_per_s,
-                f"{ours.requests_per_s:.0f} vs {otel.requests_per_s:.0f}",
+                "e2e ASGI req/s >= both OpenTelemetry's",
+                lemma.requests_per_s >= best_otel,
+                f"{lemma.requests_per_s:.0f} vs {native.requests_per_s:.0f} / "
+                f"{middleware.requests_per_s:.0f}",
             ),
             (
                 "e2e ASGI req/s >= 2x hand-written",
-                ours.requests_per_s >= 2 * hand.requests_per_s,
-                f"{ours.requests_per_s / hand.requests_per_s:.2f}x",
+                lemma.requests_per_s >= 2 * hand_load.requests_per_s,
+                f"{lemma.requests_per_s / hand_load.requests_per_s:.2f}x",
             ),
             (
-                "e2e ASGI p99 below both",
-                ours.p99_ms < min(otel.p99_ms, hand.p99_ms),
-                f"{ours.p99_ms:.1f} vs {otel.p99_ms:.1f} / {hand.p99_ms:.1f} ms",
+                "e2e ASGI p99 <= the lower OpenTelemetry p99",
+                lemma.p99_ms <= lowest_p99,
+                f"{lemma.p99_ms:.1f} vs {native.p99_ms:.1f} / {middleware.p99_ms:.1f} ms",
+            ),
+            (
+                "e2e WSGI req/s >= OpenTelemetry WSGI's",
+                wsgi_ours.requests_per_s >= wsgi_otel.requests_per_s,
+                f"{wsgi_ours.requests_per_s:.0f} vs {wsgi_otel.requests_per_s:.0f}",
+            ),
+            (
+                "e2e WSGI p99 <= OpenTelemetry WSGI's",
+                wsgi_ours.p99_ms <= wsgi_otel.p99_ms,
+                f"{wsgi_ours.p99_ms:.1f} vs {wsgi_otel.p99_ms:.1f} ms",
             ),
         ]
+        for kind in ("asgi", "wsgi"):
+            result = e2e[f"{kind} lemma"]
+            missing = result.requests - STARTUP_PROBES - result.traces
+            checks.append(
+                (
+                    f"e2e {kind.upper()}: no trace dropped",
+                    missing <= 0,
+                    f"{result.traces} traces / {result.requests} requests",
+                )
+            )
     if memory:
         extra = memory["lemma"] - memory["bare"]
         checks.append(("streaming peak RSS within 20 MB of bare", extra <= 20, f"+{extra:.1f} MB"))
     print("\nTargets (ratios from this run)")
     for name, ok, detail in checks:
-        print(f"  {'MET ' if ok else 'MISS'}  {name:42} {detail}")
+        print(f"  {'MET ' if ok else 'MISS'}  {name:44} {detail}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,6 +18,7 @@ that destination is left out.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -28,15 +29,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from langfuse import Langfuse
-from opentelemetry import trace as otel_trace
 from opentelemetry.exporter.otlp.proto.http import Compression
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter
 
 from .logs import log_once, logger
 from .processors import DestinationProcessor, ExportFilter, wire_provider
+from .provider import OwnedTracerProvider, provider_for
 from .sdk import ClientAccess, inspect_client
 
 LEMMA_DEFAULT_URL = "https://api.uselemma.ai/otel/v1/traces"
@@ -153,28 +153,6 @@ _clients: dict[tuple[Any, ...], Langfuse] = {}
 _clients_lock = threading.Lock()
 
 
-def _ensure_provider(
-    tracer_provider: TracerProvider | None, service_name: str | None, release: str | None
-) -> TracerProvider:
-    if tracer_provider is not None:
-        return tracer_provider
-    current = otel_trace.get_tracer_provider()
-    if isinstance(current, TracerProvider):
-        logger.info(
-            "lemma_middleware: adding the export to the existing global TracerProvider "
-            "(its resource, incl. service.name, is kept)"
-        )
-        return current
-    attributes: dict[str, Any] = {}
-    if service_name and not os.environ.get("OTEL_SERVICE_NAME"):
-        attributes["service.name"] = service_name
-    if release:
-        attributes["service.version"] = release
-    provider = TracerProvider(resource=Resource.create(attributes))
-    otel_trace.set_tracer_provider(provider)
-    return provider
-
-
 def build_client(
     *,
     service_name: str | None = None,
@@ -230,7 +208,12 @@ def build_client(
         client = _clients.get(key)
         if client is not None:
             return client
-        provider = _ensure_provider(tracer_provider, service_name, release)
+        provider = provider_for(tracer_provider, service_name, release)
+        owned = (
+            provider.adding_own_processors()
+            if isinstance(provider, OwnedTracerProvider)
+            else contextlib.nullcontext()
+        )
 
         langfuse_destination = next((d for d in destinations if d.name == "langfuse"), None)
         extra = [d for d in destinations if d is not langfuse_destination]
@@ -262,20 +245,21 @@ def build_client(
                 "span_exporter": _otlp_exporter(primary, timeout),
             }
 
-        client = Langfuse(
-            tracer_provider=provider,
-            environment=environment,
-            release=release,
-            timeout=int(timeout),
-            flush_interval=flush_interval,
-            **langfuse_kwargs,
-        )
-        wire_client(
-            client,
-            [_otlp_exporter(destination, timeout) for destination in extra],
-            schedule_delay_millis=(flush_interval or 1.0) * 1000,
-            export_timeout_millis=timeout * 1000,
-        )
+        with owned:  # the client's processors export by Langfuse's default filter
+            client = Langfuse(
+                tracer_provider=provider,
+                environment=environment,
+                release=release,
+                timeout=int(timeout),
+                flush_interval=flush_interval,
+                **langfuse_kwargs,
+            )
+            wire_client(
+                client,
+                [_otlp_exporter(destination, timeout) for destination in extra],
+                schedule_delay_millis=(flush_interval or 1.0) * 1000,
+                export_timeout_millis=timeout * 1000,
+            )
         names = ", ".join(d.name for d in destinations) or "injected exporter"
         logger.info("lemma_middleware: exporting traces to %s", names)
         _clients[key] = client

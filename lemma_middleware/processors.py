@@ -12,7 +12,12 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from langfuse.span_filter import is_default_export_span, is_langfuse_span
+from langfuse.span_filter import (
+    is_default_export_span,
+    is_genai_span,
+    is_known_llm_instrumentor,
+    is_langfuse_span,
+)
 from opentelemetry import trace as otel_trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
@@ -25,17 +30,29 @@ from .sdk import ShouldExport, add_processor_first, reparent
 
 
 class ExportFilter:
-    """Decides, like the Langfuse span processor, whether a span is exported."""
+    """Decides, like the Langfuse span processor, whether a span is exported.
+
+    With Langfuse's default filter, the scope half of the decision (about 40 prefix tests)
+    is made once per instrumentation scope; a span's ``gen_ai.*`` attributes are checked
+    every time."""
 
     def __init__(self, public_key: str, should_export: ShouldExport | None = None) -> None:
         self.public_key = public_key
         self.should_export = should_export or is_default_export_span
+        self._default = self.should_export is is_default_export_span
+        self._llm_scopes: dict[str | None, bool] = {}
 
     def __call__(self, span: ReadableSpan) -> bool:
         if is_langfuse_span(span):
             scope = span.instrumentation_scope
             attributes = scope.attributes if scope is not None else None
             return attributes is not None and attributes.get("public_key") == self.public_key
+        if self._default:
+            scope_name = span.instrumentation_scope.name if span.instrumentation_scope else None
+            known = self._llm_scopes.get(scope_name)
+            if known is None:
+                known = self._llm_scopes[scope_name] = is_known_llm_instrumentor(span)
+            return known or is_genai_span(span)
         try:
             return bool(self.should_export(span))
         except Exception:

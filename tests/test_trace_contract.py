@@ -85,9 +85,9 @@ async def test_children_carry_the_propagated_attributes(captured: Captured) -> N
 async def test_service_name_resource_defaults_to_the_agent_name() -> None:
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-    from lemma_middleware.export import _ensure_provider
+    from lemma_middleware.provider import provider_for
 
-    provider = _ensure_provider(None, "support-agent", "2.0")
+    provider = provider_for(None, "support-agent", "2.0")
     assert provider.resource.attributes["service.name"] == "support-agent"
     assert provider.resource.attributes["service.version"] == "2.0"
     assert InMemorySpanExporter  # the global provider is the one FastAPI and LLM SDKs use

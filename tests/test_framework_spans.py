@@ -1,0 +1,198 @@
+"""Framework spans (FastAPI's native telemetry, OpenTelemetry HTTP instrumentations) on the
+provider the middleware creates cost nothing while nobody exports them, and are left alone
+everywhere else."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import sys
+import textwrap
+from typing import Any
+
+import httpx
+from fastapi import FastAPI
+from opentelemetry import trace as otel_trace
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from lemma_middleware import LemmaMiddleware, build_client
+from lemma_middleware.provider import OwnedTracerProvider
+
+from .conftest import assert_tree_whole
+
+_keys = itertools.count()
+LLM_SCOPE = "opentelemetry.instrumentation.openai"  # a scope Langfuse exports by default
+
+
+def _client(provider: TracerProvider, exporter: InMemorySpanExporter) -> Any:
+    client = build_client(
+        span_exporter=exporter,
+        tracer_provider=provider,
+        public_key=f"pk-framework-{next(_keys)}",
+        flush_interval=0.05,
+    )
+    assert client is not None
+    return client
+
+
+def _app(client: Any, provider: TracerProvider, seen: dict[str, Any]) -> FastAPI:
+    """``FastAPI()`` with its native telemetry on ``provider`` (what the global provider
+    gives it in a real process), an LLM span inside the handler."""
+    app = FastAPI(telemetry={"tracer_provider": provider})
+    llm_tracer = provider.get_tracer(LLM_SCOPE)
+
+    @app.post("/chat")
+    async def chat(body: dict[str, Any]) -> dict[str, Any]:
+        current = otel_trace.get_current_span()
+        seen["current_recording"] = current.is_recording()
+        seen["current_span_id"] = current.get_span_context().span_id
+        with llm_tracer.start_as_current_span("chat gpt-test", attributes={"gen_ai.system": "x"}):
+            pass
+        return {"answer": body["message"].upper()}
+
+    app.add_middleware(LemmaMiddleware, agent_name="agent", langfuse=client)
+    return app
+
+
+async def _post(app: FastAPI) -> httpx.Response:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        return await http.post("/chat", json={"message": "hi"}, headers={"x-user-id": "u1"})
+
+
+def _lemma_trace(client: Any, exporter: InMemorySpanExporter) -> list[ReadableSpan]:
+    client.flush()
+    spans = list(exporter.get_finished_spans())
+    assert_tree_whole(spans)
+    return spans
+
+
+async def test_on_the_owned_provider_framework_spans_are_not_recorded() -> None:
+    provider, exporter, seen = OwnedTracerProvider(), InMemorySpanExporter(), {}
+    client = _client(provider, exporter)
+    response = await _post(_app(client, provider, seen))
+    assert response.status_code == 200
+
+    spans = _lemma_trace(client, exporter)
+    (root,) = [s for s in spans if s.parent is None]
+    (llm,) = [s for s in spans if s.name == "chat gpt-test"]
+    assert len(spans) == 2
+    # FastAPI's operation span is the parent's context, not a span of its own: the handler
+    # sees the root's span id, and the LLM span hangs straight under the root.
+    assert seen == {"current_recording": False, "current_span_id": root.context.span_id}
+    assert llm.parent is not None and llm.parent.span_id == root.context.span_id
+    assert llm.attributes["user.id"] == "u1"
+    assert not provider.records_framework_spans
+
+
+async def test_a_processor_added_later_gets_the_framework_spans_again() -> None:
+    provider, exporter, seen = OwnedTracerProvider(), InMemorySpanExporter(), {}
+    client = _client(provider, exporter)
+    users_exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(users_exporter))  # e.g. their own Jaeger
+    assert provider.records_framework_spans
+
+    await _post(_app(client, provider, seen))
+
+    theirs = users_exporter.get_finished_spans()
+    fastapi_spans = [s for s in theirs if s.instrumentation_scope.name == "fastapi"]
+    assert {s.kind for s in fastapi_spans} >= {otel_trace.SpanKind.SERVER}
+    assert seen["current_recording"] is True  # FastAPI's operation span, as without us
+    spans = _lemma_trace(client, exporter)
+    assert sorted(s.name for s in spans) == ["agent", "chat gpt-test"]
+
+
+async def test_a_users_own_provider_keeps_every_framework_span() -> None:
+    provider, exporter, seen = TracerProvider(), InMemorySpanExporter(), {}
+    users_exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(users_exporter))
+    client = _client(provider, exporter)
+
+    await _post(_app(client, provider, seen))
+
+    fastapi_spans = [
+        s for s in users_exporter.get_finished_spans() if s.instrumentation_scope.name == "fastapi"
+    ]
+    assert len(fastapi_spans) >= 2  # the server span and the operation span(s)
+    assert seen["current_recording"] is True
+    spans = _lemma_trace(client, exporter)
+    (root,) = [s for s in spans if s.parent is None]
+    (llm,) = [s for s in spans if s.name == "chat gpt-test"]
+    assert llm.parent is not None and llm.parent.span_id == root.context.span_id  # re-parented
+
+
+def test_default_fastapi_app_in_a_fresh_process_exports_only_the_lemma_trace() -> None:
+    """As users run it: ``FastAPI()`` and ``build_client`` with no provider of their own;
+    the middleware's provider becomes global and FastAPI's telemetry finds it."""
+    script = textwrap.dedent(
+        """
+        import asyncio, json
+        import httpx
+        from fastapi import FastAPI
+        from opentelemetry import trace
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+        from lemma_middleware import LemmaMiddleware, build_client
+        from lemma_middleware.provider import OwnedTracerProvider
+
+        exporter = InMemorySpanExporter()
+        client = build_client(span_exporter=exporter, public_key="pk-fresh")
+        app = FastAPI()
+        recording = []
+
+        @app.post("/chat")
+        async def chat(body: dict) -> dict:
+            recording.append(trace.get_current_span().is_recording())
+            with trace.get_tracer("opentelemetry.instrumentation.openai").start_as_current_span(
+                "llm", attributes={"gen_ai.system": "x"}
+            ):
+                return {"answer": body["message"]}
+
+        app.add_middleware(LemmaMiddleware, agent_name="agent", langfuse=client)
+
+        async def main():
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+                for _ in range(3):
+                    assert (await http.post("/chat", json={"message": "hi"})).status_code == 200
+
+        asyncio.run(main())
+        client.flush()
+        spans = exporter.get_finished_spans()
+        print(json.dumps({
+            "owned": isinstance(trace.get_tracer_provider(), OwnedTracerProvider),
+            "fastapi_span_recording": any(recording),
+            "names": sorted(s.name for s in spans),
+            "scopes": sorted({s.instrumentation_scope.name for s in spans}),
+        }))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["owned"] is True
+    assert result["fastapi_span_recording"] is False  # FastAPI's operation span: not recorded
+    assert result["names"] == ["agent"] * 3 + ["llm"] * 3
+    assert "fastapi" not in result["scopes"]
+
+
+def test_export_decision_per_scope_matches_langfuses_default_filter() -> None:
+    from langfuse.span_filter import is_default_export_span
+
+    from lemma_middleware.processors import ExportFilter
+
+    provider, memory = TracerProvider(), InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    scopes = ["fastapi", LLM_SCOPE, "openinference.instrumentation.x", "ai", "aiohttp", "mine"]
+    attribute_sets: list[dict[str, Any]] = [{}, {"gen_ai.system": "x"}, {"http.route": "/"}]
+    for scope in scopes:
+        for attributes in attribute_sets:
+            with provider.get_tracer(scope).start_as_current_span("s", attributes=attributes):
+                pass
+    exported = ExportFilter("pk-any")
+    for _ in range(2):  # the second pass answers from the per-scope memo
+        for span in memory.get_finished_spans():
+            assert exported(span) == is_default_export_span(span), span.instrumentation_scope
