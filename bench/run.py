@@ -36,15 +36,14 @@ from typing import Any
 
 import httpx
 from langfuse import Langfuse
-from langfuse._client.span_exporter import LangfuseTransformingSpanExporter
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from bench.apps import OTEL_PROVIDERS, NoOpExporter, make_asgi, make_wsgi, sdk_floor
 from lemma_middleware import build_client
 from lemma_middleware.provider import OwnedTracerProvider
+from lemma_middleware.sdk import langfuse_exporter
 
 ROOT = Path(__file__).resolve().parents[1]
 BODY = b'{"message": "where is my parcel?"}'
@@ -212,30 +211,42 @@ def asgi_section(rounds: int, per_round: int) -> dict[str, float]:
 
 
 class EncodeOnly(SpanExporter):
-    """What an OTLP/HTTP exporter does before the network: encode, serialise, gzip."""
+    """What an OTLP/HTTP exporter does before the network: encode, serialise, gzip (at the
+    exporter's default level). Keeps the spans it is given while ``keeping``."""
+
+    def __init__(self) -> None:
+        self.kept: list[ReadableSpan] = []
+        self.keeping = True
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        if self.keeping:
+            self.kept.extend(spans)
         gzip.compress(encode_spans(spans).SerializePartialToString())
         return SpanExportResult.SUCCESS
 
 
 def export_cost_section(requests: int) -> dict[str, float]:
-    """CPU per request spent on the export thread: Langfuse's media pass (Langfuse clients
-    only), OTLP protobuf encoding and gzip, for the spans one request produces."""
+    """CPU per request spent on the export thread, through each variant's real export
+    chain (for Langfuse clients: the processor's own exporter, media pass included), for
+    the spans one request produces."""
     costs: dict[str, float] = {}
     spans_per_request: dict[str, float] = {}
     for variant in ("fastapi-otel", "otel", "handwritten", "lemma"):
         name = ASGI_NAMES[variant]
-        memory = InMemorySpanExporter()
+        encode = EncodeOnly()
+        chain: SpanExporter | None = encode
         client, provider = None, None
         if variant == "handwritten":
-            client, provider = users_langfuse("pk-cost-hand", memory)
+            client, provider = users_langfuse("pk-cost-hand", encode)
+            chain = langfuse_exporter(provider, "pk-cost-hand")
         elif variant == "lemma":
             provider = OwnedTracerProvider()
             client = build_client(
-                span_exporter=memory, tracer_provider=provider, public_key="pk-cost-lemma"
+                span_exporter=encode, tracer_provider=provider, public_key="pk-cost-lemma"
             )
-        app = make_asgi(variant, client, memory, telemetry_provider=provider)
+            chain = langfuse_exporter(provider, "pk-cost-lemma")
+        assert chain is not None
+        app = make_asgi(variant, client, encode, telemetry_provider=provider)
         call = asgi_caller(app, "/chat")
         for _ in range(requests):
             call()
@@ -243,20 +254,14 @@ def export_cost_section(requests: int) -> dict[str, float]:
             client.flush()
         else:
             OTEL_PROVIDERS[-1].force_flush()
-        spans = list(memory.get_finished_spans())
+        encode.keeping = False
+        spans = encode.kept
         spans_per_request[name] = len(spans) / requests
-        exporter: SpanExporter = EncodeOnly()
-        if client is not None:
-            exporter = LangfuseTransformingSpanExporter(
-                exporter=exporter,
-                media_manager=client._resources._media_manager,
-                mask_otel_spans=None,
-            )
         timings = []
         for _ in range(5):
             start = time.perf_counter()
             for batch in range(0, len(spans), 512):
-                exporter.export(spans[batch : batch + 512])
+                chain.export(spans[batch : batch + 512])
             timings.append((time.perf_counter() - start) / requests * 1e6)
         costs[name] = statistics.median(timings)
     print("\nExport, per request, on the background export thread (no network)")

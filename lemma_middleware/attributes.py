@@ -141,15 +141,13 @@ def raw_attributes(values: TraceValues) -> dict[str, str]:
 
 
 def root_attributes(values: TraceValues) -> dict[str, Any]:
-    """The attributes the root starts with (propagated ones are added by Langfuse)."""
-    attributes: dict[str, Any] = {Langfuse.OBSERVATION_TYPE: "agent"}
+    """The attributes the root starts with: every key a child gets (see
+    :func:`span_attributes`, written here in the same call that starts the root) and the
+    root's own."""
+    attributes: dict[str, Any] = {Langfuse.OBSERVATION_TYPE: "agent", **span_attributes(values)}
     for row in ATTRIBUTE_TABLE:
-        value = row.value(values)
-        if value:
-            if row.raw:
-                attributes[row.raw] = value
-            if row.root_only:
-                attributes[row.root_only] = value
+        if row.root_only and (value := row.value(values)):
+            attributes[row.root_only] = value
     if values.version and "service.version" not in attributes:
         attributes["service.version"] = values.version
     return attributes

@@ -37,7 +37,7 @@ from opentelemetry.sdk.trace.export import SpanExporter
 from .logs import log_once, logger
 from .processors import DestinationProcessor, ExportFilter, wire_provider
 from .provider import OwnedTracerProvider, provider_for
-from .sdk import ClientAccess, inspect_client
+from .sdk import ClientAccess, inspect_client, screen_media_pass
 
 LEMMA_DEFAULT_URL = "https://api.uselemma.ai/otel/v1/traces"
 
@@ -288,4 +288,5 @@ def wire_client(
         DestinationProcessor(exporter, exported, **batch_options) for exporter in extra
     )
     wire_provider(access.provider, exported, processors)
+    screen_media_pass(access.provider, access.public_key)
     return access

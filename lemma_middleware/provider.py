@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 from opentelemetry import trace as otel_trace
@@ -128,7 +128,6 @@ class PassThroughTracer(Tracer):
             )
         return NonRecordingSpan(otel_trace.get_current_span(context).get_span_context())
 
-    @contextmanager  # the API's own decorator is private; a context manager all the same
     def start_as_current_span(  # type: ignore[override]
         self,
         name: str,
@@ -140,24 +139,40 @@ class PassThroughTracer(Tracer):
         record_exception: bool = True,
         set_status_on_exception: bool = True,
         end_on_exit: bool = True,
-    ) -> Iterator[Span]:
-        span = self.start_span(
-            name,
-            context,
-            kind,
-            attributes,
-            links,
-            start_time,
-            record_exception,
-            set_status_on_exception,
-        )
-        with otel_trace.use_span(
-            span,
-            end_on_exit=end_on_exit,
-            record_exception=record_exception,
-            set_status_on_exception=set_status_on_exception,
-        ) as current:
-            yield current
+    ) -> AbstractContextManager[Span]:
+        """The real tracer's, or the parent's context left current: code inside sees the
+        same current span as it would without the framework's telemetry."""
+        if self._provider.records_framework_spans:
+            return self._tracer.start_as_current_span(
+                name,
+                context,
+                kind,
+                attributes,
+                links,
+                start_time,
+                record_exception,
+                set_status_on_exception,
+                end_on_exit,
+            )
+        span = NonRecordingSpan(otel_trace.get_current_span(context).get_span_context())
+        if context is not None:  # a parent other than the current one: make it current
+            return otel_trace.use_span(span, end_on_exit=False)
+        return _Yield(span)
+
+
+class _Yield(AbstractContextManager[Span]):
+    """``with`` gives ``span`` and changes nothing."""
+
+    __slots__ = ("span",)
+
+    def __init__(self, span: Span) -> None:
+        self.span = span
+
+    def __enter__(self) -> Span:
+        return self.span
+
+    def __exit__(self, *exc_info: object) -> None:
+        return None
 
 
 def provider_for(

@@ -15,7 +15,6 @@ import logging
 import re
 from typing import TYPE_CHECKING, Any
 
-from langfuse import propagate_attributes
 from opentelemetry import baggage
 from opentelemetry import context as otel_context
 from opentelemetry import trace as otel_trace
@@ -48,6 +47,7 @@ from .identity import (
 )
 from .logs import call_guarded, log_once
 from .recording import Exchange, Overrides, RequestInfo
+from .sdk import propagation_context
 
 if TYPE_CHECKING:
     from .tracing import Tracing
@@ -104,13 +104,14 @@ class RequestTrace:
         self.trace_id = format(self.span_context.trace_id, "032x")
 
         # The context the request's code runs in: the root, the propagated attributes
-        # (written on the root now, and on every child by Langfuse's processor), and this.
-        token = otel_context.attach(otel_trace.set_span_in_context(span, fresh))
-        try:
-            with propagate_attributes(**propagate_arguments(values)):
-                self.context: Context = otel_context.set_value(ACTIVE_REQUEST, self)
-        finally:
-            otel_context.detach(token)
+        # (Langfuse's processor writes them on every child), and this.
+        self.context: Context = otel_context.set_value(
+            ACTIVE_REQUEST,
+            self,
+            propagation_context(
+                otel_trace.set_span_in_context(span, fresh), propagate_arguments(values)
+            ),
+        )
         self.child_attributes: dict[str, str] = raw_attributes(values)
 
     def _upstream_parent(

@@ -21,22 +21,35 @@ private state                   used for                      without it
                                 nearest exported ancestor
 ``TracerProvider.               running the ancestry          added last: children of unexported
 _active_span_processor``        processor before Langfuse's   spans may be marked app roots
+``langfuse._client.propagation  carrying the propagated       Langfuse's ``propagate_attributes``
+._get_propagated_context_key``  attributes in the request's   (public; also writes them on the
+                                context directly              root once more)
+``LangfuseSpanProcessor.        letting batches that cannot   every batch goes through Langfuse's
+_batch_processor._exporter``,   hold media skip Langfuse's    media pass (public behaviour,
+``LangfuseTransforming          media pass (an identical      slower export)
+SpanExporter._exporter``        copy of every span)
 ==============================  ============================  =====================================
 """
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import Any, cast
 
-from langfuse import Langfuse
+from langfuse import Langfuse, propagate_attributes
+from langfuse._client import propagation as langfuse_propagation
+from langfuse._client.span_exporter import LangfuseTransformingSpanExporter
+from langfuse._client.span_processor import LangfuseSpanProcessor
 from opentelemetry import context as otel_context
 from opentelemetry import trace as otel_trace
 from opentelemetry.context import Context
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanContext
 
 from .logs import log_once
@@ -207,3 +220,194 @@ def add_processor_first(provider: TracerProvider, processor: SpanProcessor) -> N
     multi: Any = provider._active_span_processor
     with multi._lock:
         multi._span_processors = (processor, *multi._span_processors)
+
+
+# Langfuse's media pass -----------------------------------------------------------------
+
+# Every string Langfuse's media pass can change contains one of these (a data URI, or JSON
+# with inline data); a batch without any is exported by it as an identical copy.
+_MEDIA_MARKERS = ("data:", "inline_data", "inlineData", '"data"')
+
+
+def _may_hold_media(spans: Sequence[ReadableSpan]) -> bool:
+    texts: list[str] = []
+    for span in spans:
+        for value in (span.attributes or {}).values():
+            if isinstance(value, str):
+                texts.append(value)
+            elif isinstance(value, tuple | list):
+                texts.extend(item for item in value if isinstance(item, str))
+    text = "\n".join(texts)
+    return any(marker in text for marker in _MEDIA_MARKERS)
+
+
+class MediaScreenedExporter(SpanExporter):
+    """Langfuse's transforming exporter for batches that may hold media; the exporter
+    behind it, directly, for batches that cannot (what Langfuse would send, unchanged)."""
+
+    def __init__(self, transforming: LangfuseTransformingSpanExporter, inner: SpanExporter):
+        self.transforming = transforming
+        self.inner = inner
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        if _may_hold_media(spans):
+            return self.transforming.export(spans)
+        return self.inner.export(spans)
+
+    def shutdown(self) -> None:
+        self.transforming.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self.transforming.force_flush(timeout_millis)
+
+
+class _Keep(SpanExporter):
+    def __init__(self) -> None:
+        self.spans: list[ReadableSpan] = []
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self.spans.extend(spans)
+        return SpanExportResult.SUCCESS
+
+
+def _media_pass_is_identity(transforming: LangfuseTransformingSpanExporter) -> bool:
+    """Whether Langfuse's media pass, as configured on this client, sends a span without
+    media unchanged: the same OTLP bytes."""
+    provider = TracerProvider()
+    span = cast(Span, provider.get_tracer("lemma_middleware.check").start_span("check"))
+    span.set_attributes(
+        {
+            "langfuse.observation.input": '{"message": "where is my parcel?"}',
+            "langfuse.trace.metadata.http.route": '"/chat"',
+            "langfuse.observation.output": "plain text",
+            "gen_ai.request.model": "m",
+            "tags": ("a", "b"),
+            "count": 3,
+        }
+    )
+    span.end()
+    keep = _Keep()
+    probe = LangfuseTransformingSpanExporter(
+        exporter=keep,
+        media_manager=transforming._media_manager,
+        mask_otel_spans=None,
+    )
+    probe.export([span])
+    provider.shutdown()
+    return len(keep.spans) == 1 and (
+        encode_spans(keep.spans).SerializeToString() == encode_spans([span]).SerializeToString()
+    )
+
+
+def _langfuse_batch(provider: TracerProvider, public_key: str) -> Any:
+    """The batch processor inside the Langfuse processor of ``public_key`` (None if the
+    layout is not the known one)."""
+    multi: Any = provider._active_span_processor
+    for processor in multi._span_processors:
+        if (
+            isinstance(processor, LangfuseSpanProcessor)
+            and getattr(processor, "public_key", None) == public_key
+        ):
+            batch = processor._batch_processor
+            return batch if isinstance(batch._exporter, SpanExporter) else None
+    return None
+
+
+def langfuse_exporter(provider: TracerProvider, public_key: str) -> SpanExporter | None:
+    """What the Langfuse processor of ``public_key`` exports each batch through (for the
+    benchmark's export-cost figures)."""
+    try:
+        batch = _langfuse_batch(provider, public_key)
+    except Exception:
+        return None
+    return cast(SpanExporter, batch._exporter) if batch is not None else None
+
+
+def screen_media_pass(provider: TracerProvider, public_key: str) -> bool:
+    """Let batches without media skip the media pass of the Langfuse processor of
+    ``public_key`` on ``provider``. False (and nothing changed) where that cannot be done
+    safely: a client-level ``mask_otel_spans``, an unknown processor layout, or a media pass
+    that changes spans without media."""
+    try:
+        batch = _langfuse_batch(provider, public_key)
+        transforming = batch._exporter if batch is not None else None
+        if batch is not None and not isinstance(transforming, LangfuseTransformingSpanExporter):
+            return False  # no media pass at all (or already screened): nothing to skip
+        if isinstance(transforming, LangfuseTransformingSpanExporter):
+            if transforming._mask_otel_spans is not None:
+                return False  # the client masks spans at export: leave the pass whole
+            inner = transforming._exporter
+            if isinstance(inner, SpanExporter) and _media_pass_is_identity(transforming):
+                batch._exporter = MediaScreenedExporter(transforming, inner)
+                return True
+    except Exception:
+        pass
+    _missing(
+        "LangfuseSpanProcessor._batch_processor._exporter",
+        "every export batch goes through Langfuse's media pass (slower export)",
+    )
+    return False
+
+
+# propagated attributes -------------------------------------------------------------------
+
+
+def _public_propagation(base: Context, arguments: dict[str, Any]) -> Context:
+    token = otel_context.attach(base)
+    try:
+        with propagate_attributes(**arguments):
+            return otel_context.get_current()
+    finally:
+        otel_context.detach(token)
+
+
+# The private Langfuse function naming a propagated value's context key (a test renames it).
+PROPAGATION_KEY_FUNCTION = "_get_propagated_context_key"
+
+
+def _direct_propagation(base: Context, arguments: dict[str, Any]) -> Context:
+    context_key = getattr(langfuse_propagation, PROPAGATION_KEY_FUNCTION)
+    context = base
+    for name, value in arguments.items():
+        if value is None:
+            continue
+        key = context_key(name)
+        if isinstance(value, dict):  # metadata: JSON text, merged with an enclosing one's
+            enclosing: dict[str, str] = otel_context.get_value(key, context) or {}  # type: ignore[assignment]
+            value = enclosing | {k: json.dumps(v, ensure_ascii=False) for k, v in value.items()}
+        context = otel_context.set_value(key, value, context)
+    return context
+
+
+@cache
+def direct_propagation_works() -> bool:
+    """Whether putting the propagated values in the context directly gives the context
+    ``propagate_attributes`` gives (checked once, on sample values, inside an enclosing
+    propagation so that the metadata merge is checked too)."""
+    sample = {
+        "user_id": "user-1",
+        "session_id": "thread-1",
+        "trace_name": "agent",
+        "environment": "production",
+        "version": "v1",
+        "metadata": {"tenant_id": "acme", "lemma.thread_id": "thread-1"},
+    }
+    try:
+        outer = _public_propagation(otel_context.Context(), {"metadata": {"team": "a"}})
+        works = _direct_propagation(outer, sample) == _public_propagation(outer, sample)
+    except Exception:
+        works = False
+    if not works:
+        _missing(
+            "langfuse._client.propagation._get_propagated_context_key",
+            "propagated attributes go through propagate_attributes (slower)",
+        )
+    return works
+
+
+def propagation_context(base: Context, arguments: dict[str, Any]) -> Context:
+    """``base`` carrying ``arguments`` (those of Langfuse's ``propagate_attributes``, already
+    valid) as that function would, for every span started in it."""
+    if direct_propagation_works():
+        return _direct_propagation(base, arguments)
+    return _public_propagation(base, arguments)

@@ -118,3 +118,129 @@ async def test_a_disabled_client_serves_untraced_without_blaming_the_sdk(
     assert response.json() == {"answer": "HI"}
     assert "x-trace-id" not in response.headers
     assert not no_internal_errors.records
+
+
+def _children_identity(captured: Captured) -> list[dict[str, Any]]:
+    root = captured.root()
+    keys = ("session.id", "user.id", "langfuse.trace.name", "langfuse.trace.metadata.tenant_id")
+    return [{k: child.attributes.get(k) for k in keys} for child in captured.children(root)]
+
+
+async def test_propagated_attributes_in_the_context_match_propagate_attributes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The direct path (context values set by the middleware) and Langfuse's public
+    ``propagate_attributes`` give every child the same attributes."""
+    from lemma_middleware import sdk
+    from lemma_middleware.testing import TraceCapture
+
+    assert sdk.direct_propagation_works()
+    results = []
+    for direct in (True, False):
+        monkeypatch.setattr(sdk, "direct_propagation_works", lambda direct=direct: direct)
+        capture = TraceCapture()
+        await post(make_app(capture.client), "/children", json={"message": "hi"}, headers=HEADERS)
+        results.append((_children_identity(capture), capture.root().attributes))
+        capture.close()
+    (direct_children, direct_root), (public_children, public_root) = results
+    assert direct_children == public_children
+    assert direct_children[0]["session.id"] == "conv-42"
+    assert direct_children[0]["langfuse.trace.metadata.tenant_id"] == '"acme"'
+    volatile = {"langfuse.observation.output", "langfuse.trace.output"}  # none: same answer
+    assert {k: v for k, v in direct_root.items() if k not in volatile} == {
+        k: v for k, v in public_root.items() if k not in volatile
+    }
+
+
+@pytest.mark.expect_internal_errors
+async def test_a_renamed_propagation_key_function_falls_back_to_the_public_api(
+    captured: Captured, no_internal_errors: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lemma_middleware import sdk
+
+    sdk.direct_propagation_works.cache_clear()
+    monkeypatch.setattr(sdk, "PROPAGATION_KEY_FUNCTION", "_renamed_context_key")
+    try:
+        assert not sdk.direct_propagation_works()
+        await post(make_app(captured.client), "/children", json={"message": "hi"}, headers=HEADERS)
+    finally:
+        sdk.direct_propagation_works.cache_clear()
+    spans = captured.spans()
+    assert check_traces(spans) == []
+    assert {c["session.id"] for c in _children_identity(captured)} == {"conv-42"}
+    messages = [r.getMessage() for r in no_internal_errors.records]
+    assert any("_get_propagated_context_key" in m for m in messages), messages
+
+
+class _Recording(InMemorySpanExporter):
+    """Keeps what reaches it, and the OTLP bytes it would send."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.payloads: list[bytes] = []
+
+    def export(self, spans: Any) -> Any:
+        from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+
+        self.payloads.append(encode_spans(spans).SerializeToString())
+        return super().export(spans)
+
+
+def _client_with(exporter: Any, **kwargs: Any) -> tuple[Any, TracerProvider, str]:
+    from lemma_middleware import build_client
+
+    provider, key = TracerProvider(), f"pk-media-{next(_keys)}"
+    if kwargs:
+        client = Langfuse(
+            public_key=key,
+            secret_key="sk",
+            tracer_provider=provider,
+            span_exporter=exporter,
+            **kwargs,
+        )
+        from lemma_middleware.export import wire_client
+
+        wire_client(client)
+    else:
+        client = build_client(span_exporter=exporter, tracer_provider=provider, public_key=key)
+    return client, provider, key
+
+
+def test_batches_without_media_skip_the_media_pass_and_send_the_same_bytes() -> None:
+    from lemma_middleware.sdk import MediaScreenedExporter, langfuse_exporter
+
+    exporter = _Recording()
+    client, provider, key = _client_with(exporter)
+    screened = langfuse_exporter(provider, key)
+    assert isinstance(screened, MediaScreenedExporter)
+
+    with client.start_as_current_observation(name="agent", as_type="agent") as root:
+        root.update(input={"message": "hi"}, output="plain", metadata={"k": "v"})
+    client.flush()
+    (span,) = exporter.get_finished_spans()
+    exporter.payloads.clear()
+    screened.transforming.export([span])  # Langfuse's media pass, as without the screen
+    screened.export([span])
+    assert exporter.payloads[0] == exporter.payloads[1]
+
+    calls: list[int] = []  # Langfuse's media pass, replaced: it would upload the media
+    screened.transforming.export = lambda spans: calls.append(len(spans))  # type: ignore[assignment,method-assign,return-value]
+    screened.export([span])
+    assert calls == []  # no media: straight to the exporter
+    llm = provider.get_tracer("opentelemetry.instrumentation.openai")
+    with llm.start_as_current_span("llm", attributes={"gen_ai.prompt.0.content": "data:a;base64,"}):
+        pass
+    client.flush()
+    assert calls == [1]  # may hold media: through Langfuse's media pass
+    provider.shutdown()
+
+
+def test_a_client_masking_spans_at_export_keeps_the_whole_media_pass() -> None:
+    from langfuse._client.span_exporter import LangfuseTransformingSpanExporter
+
+    from lemma_middleware.sdk import langfuse_exporter
+
+    exporter = _Recording()
+    _, provider, key = _client_with(exporter, mask_otel_spans=lambda **kwargs: None)
+    assert isinstance(langfuse_exporter(provider, key), LangfuseTransformingSpanExporter)
+    provider.shutdown()
