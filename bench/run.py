@@ -505,12 +505,17 @@ def _received(database: Path) -> dict[str, tuple[int, int]]:
     return {str(service): (spans, traces) for service, spans, traces in rows}
 
 
-def e2e_section(seconds: float, connections: int, rounds: int) -> dict[str, Served]:
-    """All variants of a kind served at once (idle ones cost nothing), loaded in turn,
-    round by round; medians over the rounds. Each server has its own ``service.name``, so
-    the spans the inbox received are counted per variant once the servers have stopped
-    (and flushed): a traced variant that received fewer traces than it served requests
-    dropped some."""
+Plan = dict[str, tuple[str, str, dict[str, str]]]
+"""Servers by name: (kind, variant, extra environment)."""
+
+
+def load_in_turn(
+    groups: list[Plan], seconds: float, connections: int, rounds: int
+) -> dict[str, Served]:
+    """Each group's servers run at once (idle ones cost nothing) and are loaded in turn,
+    round by round, after a warm-up; medians over the rounds. Every server exports to one
+    local inbox under its own ``service.name``; the spans received are counted once the
+    servers have stopped (and flushed)."""
     samples: dict[str, list[Load]] = {}
     served: dict[str, int] = {}
     with tempfile.TemporaryDirectory() as folder:
@@ -518,21 +523,21 @@ def e2e_section(seconds: float, connections: int, rounds: int) -> dict[str, Serv
         Path(script).write_text(WRK_SCRIPT)
         database = Path(folder) / "inbox.sqlite3"
         with local_inbox(database) as env:
-            for kind, variants in E2E_VARIANTS.items():
+            for plan in groups:
                 servers = {
-                    variant: serve(kind, variant, {**env, "OTEL_SERVICE_NAME": f"{kind} {variant}"})
-                    for variant in variants
+                    name: serve(kind, variant, {**env, **extra, "OTEL_SERVICE_NAME": name})
+                    for name, (kind, variant, extra) in plan.items()
                 }
                 try:
-                    for variant, (_, url) in servers.items():
+                    for name, (_, url) in servers.items():
                         warm = wrk(f"{url}/chat", min(3, seconds), connections, script)
-                        served[f"{kind} {variant}"] = warm.requests + STARTUP_PROBES
+                        served[name] = warm.requests + STARTUP_PROBES
                     for _ in range(rounds):
-                        for variant, (_, url) in servers.items():
+                        for name, (_, url) in servers.items():
                             wait_quiet()
                             load = wrk(f"{url}/chat", seconds, connections, script)
-                            samples.setdefault(f"{kind} {variant}", []).append(load)
-                            served[f"{kind} {variant}"] += load.requests
+                            samples.setdefault(name, []).append(load)
+                            served[name] += load.requests
                 finally:
                     for process, _ in servers.values():
                         process.send_signal(signal.SIGTERM)
@@ -540,7 +545,7 @@ def e2e_section(seconds: float, connections: int, rounds: int) -> dict[str, Serv
                         process.wait(timeout=60)
             wait_quiet()  # the inbox stores what the servers flushed on their way out
             received = _received(database)
-    results = {
+    return {
         name: Served(
             Load(
                 statistics.median(load.requests_per_s for load in loads),
@@ -554,6 +559,41 @@ def e2e_section(seconds: float, connections: int, rounds: int) -> dict[str, Serv
         )
         for name, loads in samples.items()
     }
+
+
+def _served_line(label: str, result: Served, base: float | None) -> str:
+    load = result.load
+    line = (
+        f"{label:40} {load.requests_per_s:7.0f} "
+        f"{f'{load.requests_per_s / base:.2f}' if base else '-':>6} "
+        f"{load.p50_ms:7.2f} {load.p99_ms:7.2f} {load.errors:7} "
+        f"{result.spans / result.requests:9.2f}"
+    )
+    if result.spans:
+        line += f"  {result.traces} / {result.requests}"
+        if result.traces < result.requests - STARTUP_PROBES:
+            line += f"  DROPPED {result.requests - STARTUP_PROBES - result.traces}"
+    return line
+
+
+SERVED_HEADER = (
+    f"{'variant':40} {'req/s':>7} {'x bare':>6} {'p50 ms':>7} {'p99 ms':>7} "
+    f"{'non-2xx':>7} {'spans/req':>9}  traces received / requests"
+)
+
+
+def e2e_section(seconds: float, connections: int, rounds: int) -> dict[str, Served]:
+    """Every variant under a real server and real export; a traced variant that received
+    fewer traces than it served requests dropped some, and is flagged."""
+    results = load_in_turn(
+        [
+            {f"{kind} {variant}": (kind, variant, {}) for variant in variants}
+            for kind, variants in E2E_VARIANTS.items()
+        ],
+        seconds,
+        connections,
+        rounds,
+    )
     servers_used = {"asgi": "uvicorn, 1 worker", "wsgi": "gunicorn --reuse-port, 2 gthread x 8"}
     for kind, variants in E2E_VARIANTS.items():
         names = ASGI_NAMES if kind == "asgi" else WSGI_NAMES
@@ -561,25 +601,33 @@ def e2e_section(seconds: float, connections: int, rounds: int) -> dict[str, Serv
             f"\nEnd to end, {kind.upper()} under {servers_used[kind]}, wrk -t1 -c{connections}, "
             f"{rounds} rounds of {round(seconds)}s, export to the local inbox (medians)"
         )
-        print(
-            f"{'variant':40} {'req/s':>7} {'x bare':>6} {'p50 ms':>7} {'p99 ms':>7} "
-            f"{'non-2xx':>7} {'spans/req':>9}  traces received / requests"
-        )
+        print(SERVED_HEADER)
         base = results[f"{kind} bare"].load.requests_per_s
         for variant in variants:
-            result = results[f"{kind} {variant}"]
-            load = result.load
-            line = (
-                f"{names[variant]:40} {load.requests_per_s:7.0f} {load.requests_per_s / base:6.2f} "
-                f"{load.p50_ms:7.2f} {load.p99_ms:7.2f} {load.errors:7} "
-                f"{result.spans / result.requests:9.2f}"
-            )
-            if variant != "bare":
-                line += f"  {result.traces} / {result.requests}"
-                if result.traces < result.requests - STARTUP_PROBES:
-                    line += f"  DROPPED {result.requests - result.traces}"
-            print(line)
+            print(_served_line(names[variant], results[f"{kind} {variant}"], base))
     return results
+
+
+def batching_section(seconds: float, connections: int, rounds: int) -> None:
+    """The middleware's ASGI variant under Langfuse's batch settings (``LANGFUSE_FLUSH_AT``
+    spans per export, ``LANGFUSE_FLUSH_INTERVAL`` seconds at most between exports)."""
+    settings = [(512, 5), (512, 1), (128, 1), (128, 5), (64, 1)]
+    plan = {
+        f"flush_at={at} interval={interval}s": (
+            "asgi",
+            "lemma",
+            {"LANGFUSE_FLUSH_AT": str(at), "LANGFUSE_FLUSH_INTERVAL": str(interval)},
+        )
+        for at, interval in settings
+    }
+    results = load_in_turn([plan], seconds, connections, rounds)
+    print(
+        f"\nBatching, ASGI lemma middleware under uvicorn, wrk -t1 -c{connections}, "
+        f"{rounds} rounds of {round(seconds)}s (medians; 512 / 5s is Langfuse's default)"
+    )
+    print(SERVED_HEADER)
+    for name, result in results.items():
+        print(_served_line(name, result, None))
 
 
 # memory ---------------------------------------------------------------------------------
@@ -702,7 +750,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--smoke", action="store_true", help="tiny run, no targets (for CI)")
-    parser.add_argument("--only", default="asgi,wsgi,e2e,memory")
+    parser.add_argument("--only", default="asgi,wsgi,e2e,batching,memory")
     parser.add_argument("--seconds", type=float, default=5.0, help="wrk duration per round")
     parser.add_argument("--connections", type=int, default=16)
     args = parser.parse_args(argv)
@@ -723,6 +771,8 @@ def main(argv: list[str] | None = None) -> int:
         if "e2e" in sections
         else None
     )
+    if "batching" in sections:
+        batching_section(seconds, args.connections, 1 if args.smoke else 3)
     memory = memory_section(megabytes) if "memory" in sections else None
     if not args.smoke:
         judge(asgi, wsgi, e2e, memory)

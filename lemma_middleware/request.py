@@ -52,6 +52,7 @@ from .sdk import propagation_context
 if TYPE_CHECKING:
     from .tracing import Tracing
 
+_RELEASED = Context()
 _TRACEPARENT = re.compile(r"[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}")
 
 
@@ -229,3 +230,8 @@ class RequestTrace:
             )
         finally:
             self.span.end(end_time=exchange.completed_at)
+            # The context refers to this trace and this trace to the context: let reference
+            # counting free both now rather than the garbage collector later (fewer and
+            # shorter collection pauses under load). Code still running in the request's
+            # context (a background task) keeps its own reference to that context.
+            self.context = _RELEASED
