@@ -127,6 +127,7 @@ class TracedExchange(Exchange):
             route_path = getattr(scope.get("route"), "path", None)
             self.route = route_path if isinstance(route_path, str) else None
             trace.finish(self, error)
+            trace.release()
 
     async def receive_wrapper(self) -> Message:
         message = await self.receive()

@@ -230,8 +230,11 @@ class RequestTrace:
             )
         finally:
             self.span.end(end_time=exchange.completed_at)
-            # The context refers to this trace and this trace to the context: let reference
-            # counting free both now rather than the garbage collector later (fewer and
-            # shorter collection pauses under load). Code still running in the request's
-            # context (a background task) keeps its own reference to that context.
-            self.context = _RELEASED
+
+    def release(self) -> None:
+        """Drop the request's context; the adapter calls this when it is done with the
+        request (after :meth:`finish`). The context refers to this trace and this trace to
+        the context: released, reference counting frees both at once rather than the
+        garbage collector later (fewer and shorter collection pauses under load). Code
+        still running in the context (a background task) keeps its own reference to it."""
+        self.context = _RELEASED

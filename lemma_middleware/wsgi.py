@@ -224,6 +224,7 @@ class TracedWSGIExchange(Exchange):
         except BaseException as error:
             trace.deactivate(token)
             trace.finish(self, error)
+            trace.release()
             raise
         trace.deactivate(token)
         return TracedBody(self, result)
@@ -313,3 +314,4 @@ class TracedBody:
         finally:
             exchange.disconnected = not self._done
             trace.finish(exchange)
+            trace.release()

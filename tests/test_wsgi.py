@@ -326,3 +326,32 @@ def test_flask_login_current_user_reaches_root_and_children(captured: Captured) 
     assert root.attributes["user.id"] == "carol"
     (child,) = captured.children(root)
     assert child.attributes["user.id"] == "carol"
+
+
+def test_work_done_in_the_response_close_belongs_to_the_request(captured: Captured) -> None:
+    """Servers call ``close()`` after the last chunk (Flask runs its teardown there): it
+    still runs in the request's context, after the root ended."""
+    client = captured.client
+
+    class Body:
+        def __iter__(self) -> Any:
+            return iter([b"ok"])
+
+        def close(self) -> None:
+            with client.start_as_current_observation(name="teardown", as_type="tool"):
+                pass
+
+    def plain(environ: Any, start_response: Any) -> Any:
+        start_response("200 OK", [("content-type", "text/plain")])
+        return Body()
+
+    from werkzeug.test import EnvironBuilder
+
+    app = LemmaWSGIMiddleware(plain, langfuse=client, agent_name="bare")
+    body = app(EnvironBuilder(path="/x", headers=HEADERS).get_environ(), lambda *a: None)
+    assert list(body) == [b"ok"]
+    body.close()  # type: ignore[attr-defined]
+    root = captured.root()
+    (teardown,) = captured.children(root)
+    assert teardown.name == "teardown"
+    assert teardown.attributes["session.id"] == "conv-42"
