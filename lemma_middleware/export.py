@@ -149,6 +149,27 @@ def _otlp_exporter(destination: Destination, timeout: float) -> OTLPSpanExporter
     )
 
 
+DEFAULT_FLUSH_AT = 128
+"""Spans per export batch (Langfuse's own default is 512)."""
+DEFAULT_FLUSH_INTERVAL = 1.0
+"""Seconds between exports at most (Langfuse's own default is 5)."""
+
+
+def _env_number(name: str, kind: type[int] | type[float], default: float) -> Any:
+    raw = os.environ.get(name)
+    if raw:
+        try:
+            value = kind(raw)
+            if value > 0:
+                return value
+        except ValueError:
+            pass
+        logger.error(
+            "lemma_middleware: misconfiguration: %s=%r is not a positive number", name, raw
+        )
+    return default
+
+
 _clients: dict[tuple[Any, ...], Langfuse] = {}
 _clients_lock = threading.Lock()
 
@@ -171,6 +192,7 @@ def build_client(
     public_key: str | None = None,
     timeout: float = 5.0,
     flush_interval: float | None = None,
+    flush_at: int | None = None,
 ) -> Langfuse | None:
     """A Langfuse client exporting to every configured destination, or None if there is none.
 
@@ -179,7 +201,17 @@ def build_client(
     Without ``tracer_provider``, the global provider is used if one is set, else a new one
     (resource ``service.name``) is created and made global, so that OpenTelemetry
     instrumentations (LLM clients, FastAPI) reach the same export.
+
+    Batching: at most ``flush_at`` spans per export (``LANGFUSE_FLUSH_AT``, else
+    :data:`DEFAULT_FLUSH_AT`), at least every ``flush_interval`` seconds
+    (``LANGFUSE_FLUSH_INTERVAL``, else :data:`DEFAULT_FLUSH_INTERVAL`). Smaller batches than
+    Langfuse's 512 keep each export's hold on the interpreter short: the benchmark's
+    batching section measured p99 under load against both settings.
     """
+    flush_at = flush_at or _env_number("LANGFUSE_FLUSH_AT", int, DEFAULT_FLUSH_AT)
+    flush_interval = flush_interval or _env_number(
+        "LANGFUSE_FLUSH_INTERVAL", float, DEFAULT_FLUSH_INTERVAL
+    )
     destinations, problems = resolve_destinations(
         lemma_api_key=lemma_api_key,
         lemma_project_id=lemma_project_id,
@@ -203,6 +235,8 @@ def build_client(
         service_name,
         environment,
         release,
+        flush_at,
+        flush_interval,
     )
     with _clients_lock:
         client = _clients.get(key)
@@ -252,12 +286,14 @@ def build_client(
                 release=release,
                 timeout=int(timeout),
                 flush_interval=flush_interval,
+                flush_at=flush_at,
                 **langfuse_kwargs,
             )
             wire_client(
                 client,
                 [_otlp_exporter(destination, timeout) for destination in extra],
-                schedule_delay_millis=(flush_interval or 1.0) * 1000,
+                schedule_delay_millis=flush_interval * 1000,
+                max_export_batch_size=flush_at,
                 export_timeout_millis=timeout * 1000,
             )
         names = ", ".join(d.name for d in destinations) or "injected exporter"

@@ -213,3 +213,26 @@ def test_flask_example_under_gunicorn_workers_exports_every_trace(
     assert all(
         r.attributes["langfuse.trace.output"].startswith("You said: hello") for r in streamed
     )
+
+
+def test_batching_defaults_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from lemma_middleware import build_client
+    from lemma_middleware.export import DEFAULT_FLUSH_AT, DEFAULT_FLUSH_INTERVAL
+
+    def batching(**kwargs: Any) -> tuple[int, float]:
+        client = build_client(
+            span_exporter=InMemorySpanExporter(), tracer_provider=TracerProvider(), **kwargs
+        )
+        resources = client._resources  # type: ignore[union-attr]
+        return resources.flush_at, resources.flush_interval
+
+    monkeypatch.delenv("LANGFUSE_FLUSH_AT", raising=False)
+    monkeypatch.delenv("LANGFUSE_FLUSH_INTERVAL", raising=False)
+    assert batching() == (DEFAULT_FLUSH_AT, DEFAULT_FLUSH_INTERVAL) == (128, 1.0)
+    monkeypatch.setenv("LANGFUSE_FLUSH_AT", "512")
+    monkeypatch.setenv("LANGFUSE_FLUSH_INTERVAL", "5")
+    assert batching() == (512, 5.0)
+    assert batching(flush_at=64, flush_interval=0.5) == (64, 0.5)
