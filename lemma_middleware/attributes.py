@@ -163,5 +163,5 @@ def span_attributes(values: TraceValues) -> dict[str, str]:
         if row.langfuse and value:
             attributes[row.langfuse] = value
     for key, value in propagated_metadata(values).items():
-        attributes[METADATA_PREFIX + key] = json.dumps(value, ensure_ascii=False)
+        attributes[METADATA_PREFIX + key] = json_text(value)
     return attributes

@@ -33,7 +33,6 @@ SpanExporter._exporter``        copy of every span)
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -52,6 +51,7 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerPro
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanContext
 
+from .attributes import json_text
 from .logs import log_once
 
 ShouldExport = Callable[[ReadableSpan], bool]
@@ -374,7 +374,7 @@ def _direct_propagation(base: Context, arguments: dict[str, Any]) -> Context:
         key = context_key(name)
         if isinstance(value, dict):  # metadata: JSON text, merged with an enclosing one's
             enclosing: dict[str, str] = otel_context.get_value(key, context) or {}  # type: ignore[assignment]
-            value = enclosing | {k: json.dumps(v, ensure_ascii=False) for k, v in value.items()}
+            value = enclosing | {k: json_text(v) for k, v in value.items()}
         context = otel_context.set_value(key, value, context)
     return context
 
@@ -390,7 +390,7 @@ def direct_propagation_works() -> bool:
         "trace_name": "agent",
         "environment": "production",
         "version": "v1",
-        "metadata": {"tenant_id": "acme", "lemma.thread_id": "thread-1"},
+        "metadata": {"tenant_id": "Zürich AG", "lemma.thread_id": "thread-1", "q": 'say "hi"'},
     }
     try:
         outer = _public_propagation(otel_context.Context(), {"metadata": {"team": "a"}})
