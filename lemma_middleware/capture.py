@@ -20,6 +20,9 @@ from urllib.parse import parse_qsl
 from .logs import log_once
 
 REDACTED = "[REDACTED]"
+MAX_DEPTH = 64
+"""Nesting levels of a body recorded as a structure; deeper parts become :data:`TOO_DEEP`."""
+TOO_DEEP = f"[nested deeper than {MAX_DEPTH} levels: not recorded]"
 
 DEFAULT_REDACT_FIELDS: frozenset[str] = frozenset(
     {
@@ -78,15 +81,23 @@ class Redactor:
         normalised = _normalise_key(key)
         return normalised in self.fields or normalised.endswith(self._suffixes)
 
-    def redact(self, value: Any) -> Any:
-        """A copy of ``value`` with sensitive fields replaced, at any depth."""
+    def redact(self, value: Any, depth: int = 0) -> Any:
+        """A copy of ``value`` with sensitive fields replaced, at any depth; what is nested
+        deeper than :data:`MAX_DEPTH` levels is replaced by :data:`TOO_DEEP` (never recorded
+        unredacted, never a recursion error)."""
         if isinstance(value, dict):
+            if depth >= MAX_DEPTH:
+                return TOO_DEEP
             return {
-                k: REDACTED if isinstance(k, str) and self.is_sensitive(k) else self.redact(v)
+                k: REDACTED
+                if isinstance(k, str) and self.is_sensitive(k)
+                else self.redact(v, depth + 1)
                 for k, v in value.items()
             }
         if isinstance(value, list):
-            return [self.redact(v) for v in value]
+            if depth >= MAX_DEPTH:
+                return TOO_DEEP
+            return [self.redact(v, depth + 1) for v in value]
         return value
 
     def redact_text(self, text: str) -> str:
@@ -140,7 +151,7 @@ def parsed(value: Any) -> Any:
     if isinstance(value, RawJSON):
         try:
             return json.loads(value)
-        except ValueError:
+        except (ValueError, RecursionError):
             return str(value)
     return value
 
@@ -234,12 +245,12 @@ def render_body(
             return RawJSON(text)  # nothing to redact: record the bytes as they came
         try:
             return redactor.redact(json.loads(text))
-        except ValueError:
+        except (ValueError, RecursionError):  # broken, or nested past the parser's limit
             log_once(
                 f"badjson:{direction}",
                 logging.INFO,
-                "lemma_middleware: a %s body declared as JSON did not parse; recorded as text "
-                "(logged once)",
+                "lemma_middleware: a %s body declared as JSON did not parse (broken or nested "
+                "too deep); recorded as redacted text (logged once)",
                 direction,
             )
             return redactor.redact_text(_decode(data))

@@ -9,6 +9,7 @@ does not depend on the bodies.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +18,7 @@ from langfuse import LangfuseOtelSpanAttributes as Langfuse
 
 from .attributes import METADATA_PREFIX, json_text
 from .capture import BodyCapture, parsed, query_dict, render_body
-from .logs import call_guarded
+from .logs import call_guarded, log_once
 from .options import TracingOptions
 
 
@@ -167,7 +168,19 @@ class Recorder:
         """The root's closing attributes, and the error message when it failed."""
         attributes, failure = self.outcome(request, exchange, error)
         if self.bodies_allowed:
-            self._bodies(attributes, request, exchange, overrides, error)
+            bodies: dict[str, Any] = {}
+            try:
+                self._bodies(bodies, request, exchange, overrides, error)
+            except Exception as problem:  # the outcome is recorded whatever the bodies hold
+                log_once(
+                    f"bodies:{type(problem).__name__}",
+                    logging.ERROR,
+                    "lemma_middleware: recording input/output failed (%s: %s); the trace is "
+                    "recorded without them (logged once)",
+                    type(problem).__name__,
+                    problem,
+                )
+            attributes.update(bodies)
         return attributes, failure
 
     def _bodies(

@@ -1,0 +1,166 @@
+"""Property-based tests over what the middleware parses from untrusted requests and
+responses: bodies of any bytes and content type, nested JSON of any depth, header values."""
+
+from __future__ import annotations
+
+import json
+import string
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lemma_middleware import normalise_id
+from lemma_middleware.capture import (
+    MAX_DEPTH,
+    REDACTED,
+    TOO_DEEP,
+    BodyCapture,
+    Redactor,
+    parsed,
+    render_body,
+)
+from lemma_middleware.identity import MAX_ID_LENGTH
+
+from .apps import make_app
+from .conftest import Captured
+from .test_trace_contract import post
+from .wsgi_apps import call, make_flask_app
+
+SECRET = "s3cr3t-VALUE-xyz"
+REDACTOR = Redactor()
+
+json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text()
+json_values = st.recursive(
+    json_scalars,
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.text(max_size=12), children, max_size=4),
+    max_leaves=30,
+)
+sensitive_keys = st.sampled_from(
+    ["password", "token", "api_key", "openai_api_key", "Authorization", "db-password"]
+)
+content_types = st.sampled_from(
+    [
+        None,
+        "application/json",
+        "application/json; charset=utf-8",
+        "application/vnd.api+json",
+        "text/plain",
+        "text/event-stream",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+        "application/octet-stream",
+        "image/png",
+        "",
+        ";;;",
+    ]
+)
+
+
+def _with_secret(value: Any, key: str) -> Any:
+    """``value`` with a sensitive field holding SECRET added at its top or in a list."""
+    if isinstance(value, dict):
+        return {**value, key: SECRET}
+    if isinstance(value, list):
+        return [*value, {key: SECRET}]
+    return {"v": value, key: SECRET}
+
+
+def _nested(depth: int, key: str) -> Any:
+    value: Any = {key: SECRET}
+    for level in range(depth):
+        value = {"a": value} if level % 2 else [value]
+    return value
+
+
+@given(json_values, sensitive_keys)
+def test_redaction_never_leaves_a_sensitive_value(value: Any, key: str) -> None:
+    redacted = REDACTOR.redact(_with_secret(value, key))
+    assert SECRET not in json.dumps(redacted, default=str)
+
+
+@given(st.integers(min_value=0, max_value=3000), sensitive_keys)
+def test_any_depth_is_bounded_and_never_leaks(depth: int, key: str) -> None:
+    redacted = REDACTOR.redact(_nested(depth, key))
+    text = json.dumps(redacted)  # no recursion error either
+    assert SECRET not in text
+    if depth >= MAX_DEPTH:
+        assert TOO_DEEP in text
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow], max_examples=300)
+@given(
+    st.binary(max_size=3000) | json_values.map(lambda v: json.dumps(v).encode()),
+    content_types,
+    st.sampled_from([None, "", "gzip", "identity"]),
+    st.integers(min_value=1, max_value=4096),
+)
+def test_rendering_any_body_never_raises_and_stays_bounded(
+    data: bytes, content_type: str | None, encoding: str | None, limit: int
+) -> None:
+    capture = BodyCapture(limit)
+    for start in range(0, len(data), 700):
+        capture.feed(data[start : start + 700])
+    rendered = render_body(capture, content_type, encoding, REDACTOR, "request")
+    text = rendered if isinstance(rendered, str) else json.dumps(rendered, default=str)
+    assert len(text) <= 8 * limit + 200  # the kept bytes (escaped at worst) plus a marker
+    parsed(rendered)  # a recorded JSON document always parses back, or is text
+
+
+@settings(max_examples=200)
+@given(json_values, sensitive_keys, content_types)
+def test_a_secret_in_any_json_body_is_never_rendered(
+    value: Any, key: str, content_type: str | None
+) -> None:
+    data = json.dumps(_with_secret(value, key)).encode()
+    capture = BodyCapture(1 << 20)
+    capture.feed(data)
+    rendered = render_body(capture, "application/json", None, REDACTOR, "request")
+    assert SECRET not in json.dumps(rendered, default=str)
+
+
+@given(st.text() | st.binary().map(lambda b: b.decode("latin-1")))
+def test_any_header_value_becomes_an_id_langfuse_keeps_or_nothing(raw: str) -> None:
+    value = normalise_id(raw, "user id")
+    if value is not None:
+        assert 0 < len(value) <= MAX_ID_LENGTH
+        assert all(c in string.printable and c not in "\t\n\r\x0b\x0c" for c in value)
+        assert normalise_id(raw, "user id") == value  # stable
+
+
+HOSTILE = '{"a":' * 500 + '{"password": "' + SECRET + '"}' + "}" * 500
+
+
+async def test_a_hostile_nested_body_still_records_the_outcome_asgi(captured: Captured) -> None:
+    """Issue 9, finding 1: ~500 levels of nesting around a sensitive key used to abort the
+    recording and leave an empty root."""
+    app = make_app(captured.client)
+    response = await post(
+        app, "/raw", content=HOSTILE, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 200
+    a = captured.root().attributes
+    assert a["langfuse.trace.metadata.http.status_code"] == "200"
+    assert "langfuse.observation.input" in a
+    assert SECRET not in json.dumps(dict(a))
+
+
+def test_a_hostile_nested_body_still_records_the_outcome_wsgi(captured: Captured) -> None:
+    app = make_flask_app(captured.client)
+    response = call(
+        app, "POST", "/chat/c", data=HOSTILE.encode(), content_type="application/json"
+    )
+    assert response.status == 200
+    a = captured.root().attributes
+    assert a["langfuse.trace.metadata.http.status_code"] == "200"
+    assert "langfuse.observation.input" in a
+    assert SECRET not in json.dumps(dict(a))
+
+
+@pytest.mark.parametrize("depth", [10, 100, 5000])
+def test_a_deep_document_given_to_set_input_is_bounded(depth: int) -> None:
+    redacted = REDACTOR.redact(_nested(depth, "token"))
+    assert SECRET not in json.dumps(redacted)
+    assert REDACTED in json.dumps(redacted) or depth >= MAX_DEPTH
