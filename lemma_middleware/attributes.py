@@ -12,7 +12,7 @@ Every value the middleware writes besides input, output and outcome is a row of
 * ``root_only``: raw keys written on the root alone.
 
 Langfuse drops propagated values over 200 characters; metadata is JSON-encoded before that
-check, so metadata values are cut to :data:`MAX_METADATA_CHARS` here.
+check, so :func:`metadata_value` cuts a value until its JSON form fits.
 """
 
 from __future__ import annotations
@@ -27,10 +27,9 @@ from typing import Any, NamedTuple
 
 from langfuse import LangfuseOtelSpanAttributes as Langfuse
 
-from .identity import Identity
+from .identity import LANGFUSE_VALUE_LIMIT, Identity
 from .logs import log_once
 
-MAX_METADATA_CHARS = 190
 METADATA_PREFIX = Langfuse.TRACE_METADATA + "."
 
 _PLAIN_TEXT = re.compile(r'[^"\\\x00-\x1f\x7f]*')
@@ -44,17 +43,25 @@ def json_text(value: Any) -> str:
 
 
 def metadata_value(key: str, value: Any) -> str:
-    """A metadata value as text Langfuse keeps (cut with ``…`` when too long)."""
+    """A metadata value as text Langfuse keeps: cut with ``…`` so that its JSON form, which
+    is what Langfuse checks, is at most 200 characters."""
     text = value if isinstance(value, str) else json_text(value)
-    if len(text) > MAX_METADATA_CHARS:
-        log_once(
-            f"metadata-long:{key}",
-            logging.INFO,
-            "lemma_middleware: metadata %r is longer than Langfuse keeps; truncated (logged once)",
-            key,
-        )
-        text = text[: MAX_METADATA_CHARS - 1] + "…"
-    return text
+    if len(json_text(text)) <= LANGFUSE_VALUE_LIMIT:
+        return text
+    log_once(
+        f"metadata-long:{key}",
+        logging.INFO,
+        "lemma_middleware: metadata %r is longer than Langfuse keeps; truncated (logged once)",
+        key,
+    )
+    low, high = 0, min(len(text), LANGFUSE_VALUE_LIMIT)  # the longest prefix that fits
+    while low < high:
+        middle = (low + high + 1) // 2
+        if len(json_text(text[:middle] + "…")) <= LANGFUSE_VALUE_LIMIT:
+            low = middle
+        else:
+            high = middle - 1
+    return text[:low] + "…"
 
 
 class TraceValues(NamedTuple):

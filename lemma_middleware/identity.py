@@ -5,7 +5,9 @@ Rules (the same for ASGI and WSGI, and for values passed to :func:`bind`):
 * surrounding whitespace is stripped; an empty value counts as absent;
 * a value containing a control character (``\\x00``-``\\x1f``, ``\\x7f``) is rejected
   (treated as absent) and logged once per field;
-* a value of printable ASCII of at most 200 characters is kept exactly;
+* a value of printable ASCII whose JSON encoding (how Langfuse checks it once it is copied
+  into metadata) is at most 200 characters is kept exactly: up to 198 characters, fewer
+  with ``"`` or ``\\`` in it;
 * anything else (longer, or non-ASCII) is normalised to
   ``<percent-encoded prefix, at most 100 chars>~<sha256 hex of the value>``: at most 165
   characters, ASCII, the same for the same input and distinct for distinct inputs, so
@@ -26,7 +28,10 @@ from urllib.parse import quote
 
 from .logs import log_once
 
-MAX_ID_LENGTH = 200
+MAX_ID_LENGTH = 198
+"""The longest id kept as is (Langfuse's limit, 200, less the quotes of its JSON form)."""
+LANGFUSE_VALUE_LIMIT = 200
+"""Langfuse drops a propagated value (a metadata value in its JSON form) over this."""
 _PREFIX_LENGTH = 100
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 _PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]*")
@@ -50,15 +55,18 @@ def normalise_id(value: object, field_name: str) -> str | None:
             field_name,
         )
         return None
-    if len(value) <= MAX_ID_LENGTH and _PRINTABLE_ASCII.fullmatch(value):
+    if (
+        len(value) + 2 + value.count('"') + value.count("\\") <= LANGFUSE_VALUE_LIMIT
+        and _PRINTABLE_ASCII.fullmatch(value)
+    ):
         return value
     log_once(
         f"normalised:{field_name}",
         logging.INFO,
-        "lemma_middleware: a %s longer than %d characters or not ASCII was normalised to "
-        "'<prefix>~<sha256>' so that Langfuse keeps it (logged once)",
+        "lemma_middleware: a %s longer than %d characters (JSON-encoded) or not ASCII was "
+        "normalised to '<prefix>~<sha256>' so that Langfuse keeps it (logged once)",
         field_name,
-        MAX_ID_LENGTH,
+        LANGFUSE_VALUE_LIMIT,
     )
     digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
     prefix = quote(value, safe="")[:_PREFIX_LENGTH]

@@ -35,7 +35,8 @@ def test_normalisation_keeps_short_ascii_and_makes_the_rest_stable_distinct_and_
         assert out is not None and len(out) <= 200 and out.isascii()
         assert out == normalise_id(value, "thread_id")
     assert normalise_id(long_a, "t") != normalise_id(long_b, "t")
-    assert normalise_id("x" * 200, "t") == "x" * 200
+    assert normalise_id("x" * 198, "t") == "x" * 198  # its JSON form is 200 characters
+    assert normalise_id("x" * 199, "t") != "x" * 199
 
 
 async def test_long_and_non_ascii_header_ids_still_group(

@@ -126,6 +126,7 @@ def test_any_header_value_becomes_an_id_langfuse_keeps_or_nothing(raw: str) -> N
     value = normalise_id(raw, "user id")
     if value is not None:
         assert 0 < len(value) <= MAX_ID_LENGTH
+        assert len(json.dumps(value)) <= 200  # what Langfuse checks in metadata
         assert all(c in string.printable and c not in "\t\n\r\x0b\x0c" for c in value)
         assert normalise_id(raw, "user id") == value  # stable
 
@@ -164,3 +165,43 @@ def test_a_deep_document_given_to_set_input_is_bounded(depth: int) -> None:
     redacted = REDACTOR.redact(_nested(depth, "token"))
     assert SECRET not in json.dumps(redacted)
     assert REDACTED in json.dumps(redacted) or depth >= MAX_DEPTH
+
+
+@given(st.text(max_size=400))
+def test_any_metadata_value_fits_langfuses_limit_in_its_json_form(raw: str) -> None:
+    from lemma_middleware.attributes import json_text, metadata_value
+
+    value = metadata_value("key", raw)
+    assert len(json_text(value)) <= 200
+    assert value == raw or value.endswith("…")
+
+
+@pytest.mark.parametrize("direct", [True, False])
+@pytest.mark.parametrize(
+    "thread_id",
+    ["t" * 198, "t" * 199, "t" * 200, 'say "hi" ' + "q" * 185, "back\\slash" + "b" * 188],
+)
+async def test_ids_near_the_limit_keep_every_key_langfuse_checks(
+    thread_id: str, direct: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 9, finding 4: an id of 199-200 characters lost its metadata copies, because
+    Langfuse checks their JSON form. Checked through Langfuse's own propagate_attributes
+    (``direct=False``) too, which drops what does not fit."""
+    from lemma_middleware import sdk
+    from lemma_middleware.testing import TraceCapture
+
+    monkeypatch.setattr(sdk, "direct_propagation_works", lambda: direct)
+    capture = TraceCapture()
+    headers = {"x-conversation-id": thread_id, "x-tenant-id": "acme"}
+    app = make_app(capture.client, metadata={"note": 'a "quoted" note ' * 15})
+    await post(app, "/children", json={"message": "hi"}, headers=headers)
+    root = capture.root()
+    kept = root.attributes["session.id"]
+    assert kept == thread_id or len(thread_id) > 198 or '"' in thread_id or "\\" in thread_id
+    for span in [root, *capture.children(root)]:
+        a = span.attributes
+        assert a["session.id"] == kept
+        assert json.loads(a["langfuse.trace.metadata.lemma.thread_id"]) == kept
+        assert json.loads(a["langfuse.trace.metadata.tenant_id"]) == "acme"
+        assert json.loads(a["langfuse.trace.metadata.note"]).endswith("…")
+    capture.close()
