@@ -11,7 +11,7 @@ from .context import bind, current, get_trace_id, set_input, set_output
 from .export import build_client, resolve_destinations
 from .flask_integration import LemmaFlask
 from .identity import Identity, normalise_id
-from .options import DEFAULT_EXCLUDE_METHODS, DEFAULT_EXCLUDE_PATHS, TracingOptions
+from .options import DEFAULT_EXCLUDE_METHODS, DEFAULT_EXCLUDE_PATHS, OptionError, TracingOptions
 from .request import RequestTrace
 from .tracing import Tracing
 from .wsgi import LemmaWSGIMiddleware
@@ -25,6 +25,7 @@ __all__ = [
     "LemmaFlask",
     "LemmaMiddleware",
     "LemmaWSGIMiddleware",
+    "OptionError",
     "RequestTrace",
     "Tracing",
     "TracingOptions",

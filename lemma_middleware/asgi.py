@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .logs import logger, report_untraced
+from .options import OptionError
 from .recording import Exchange, RequestInfo
 from .request import RequestTrace
 from .tracing import Tracing
@@ -28,20 +29,47 @@ class LemmaMiddleware:
 
     def __init__(self, app: ASGIApp, *, flush_timeout: float = 5.0, **options: Any) -> None:
         self.app: ASGIApp = guarantee_single_callable(app)  # type: ignore[no-untyped-call]
-        self.tracing = Tracing(**options)
         self.flush_timeout = flush_timeout
+        self.tracing: Tracing | None = None
+        self.configuration_error: OptionError | None = None
+        try:
+            self.tracing = Tracing(**options)
+        except OptionError as error:
+            # Starlette builds middleware on the first request: raising here would turn
+            # every request into a 500. Fail the server's start-up instead (lifespan), and
+            # serve untraced where there is none.
+            self.configuration_error = error
+            logger.error(
+                "lemma_middleware: invalid configuration, tracing is off: %s. With lifespan "
+                "the app fails to start; without it, requests are served untraced",
+                error,
+            )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope_type = scope["type"]
-        if scope_type == "http":
-            tracing = self.tracing
+        tracing = self.tracing
+        if tracing is None:
+            if scope_type == "lifespan" and self.configuration_error is not None:
+                send = self._failing_startup_send(send, self.configuration_error)
+        elif scope_type == "http":
             if tracing.enabled and not tracing.is_excluded(scope["method"], scope["path"]):
                 await TracedExchange(self.app, tracing, scope, receive, send).run(tracing)
                 return
-        elif scope_type == "lifespan" and self.tracing.enabled:
-            await self.app(scope, receive, self._flushing_lifespan_send(send))
-            return
+        elif scope_type == "lifespan" and tracing.enabled:
+            send = self._flushing_lifespan_send(send)
         await self.app(scope, receive, send)
+
+    @staticmethod
+    def _failing_startup_send(send: Send, error: OptionError) -> Send:
+        async def lifespan_send(message: Message) -> None:
+            if message["type"] == "lifespan.startup.complete":
+                message = {
+                    "type": "lifespan.startup.failed",
+                    "message": f"lemma_middleware: invalid configuration: {error}",
+                }
+            await send(message)
+
+        return lifespan_send
 
     def _flushing_lifespan_send(self, send: Send) -> Send:
         async def lifespan_send(message: Message) -> None:
@@ -53,6 +81,8 @@ class LemmaMiddleware:
 
     async def flush(self) -> None:
         """Export pending traces, waiting at most ``flush_timeout`` seconds (in a thread)."""
+        if self.tracing is None:
+            return
         loop = asyncio.get_running_loop()
         try:
             await asyncio.wait_for(

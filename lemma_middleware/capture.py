@@ -47,34 +47,64 @@ DEFAULT_REDACT_FIELDS: frozenset[str] = frozenset(
         "ssn",
     }
 )
-"""Field names redacted by default. A field is sensitive when its name, lower-cased with
-``-`` read as ``_``, equals one of these or ends with ``_`` + one of them
-(``openai_api_key``, ``auth_token``, ``db_password``)."""
+"""Field names redacted by default. A field is sensitive when its name, normalised (camelCase
+split into words, lower-cased, ``-``, ``.`` and spaces read as ``_``), equals one of these or
+ends with ``_`` + one of them (``openaiApiKey``, ``auth-token``, ``db.password``)."""
+
+SECRET_VALUE_PATTERNS: tuple[str, ...] = (
+    r"\bBearer\s+[A-Za-z0-9._~+/=-]{8,}",  # an Authorization header's credentials
+    r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*",  # a JWT
+    r"\bsk-(?:[A-Za-z0-9]+-)*[A-Za-z0-9_]{16,}",  # OpenAI / Anthropic style API keys
+    r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b",  # AWS access key ids
+    r"\bgh[pousr]_[A-Za-z0-9]{30,}",  # GitHub tokens
+    r"\bxox[abeprs]-[A-Za-z0-9-]{10,}",  # Slack tokens
+    r"\bAIza[0-9A-Za-z_-]{30,}",  # Google API keys
+)
+"""Values redacted wherever they occur, whatever the field's name."""
+
+_CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+_SEPARATORS = re.compile(r"[-. ]")
 
 
 def _normalise_key(key: str) -> str:
-    return key.lower().replace("-", "_")
+    return _SEPARATORS.sub("_", _CAMEL_BOUNDARY.sub("_", key)).lower()
 
 
 class Redactor:
     """Replaces the values of sensitive fields by ``[REDACTED]`` (compiled once)."""
 
     def __init__(self, extra_fields: Iterable[str] = ()) -> None:
+        self.extra_fields = frozenset(extra_fields)
         self.fields = frozenset(DEFAULT_REDACT_FIELDS | {_normalise_key(f) for f in extra_fields})
         self._suffixes = tuple("_" + f for f in self.fields)
-        names = "|".join(sorted((re.escape(f) for f in self.fields), key=len, reverse=True))
-        name = rf"(?:[A-Za-z0-9_-]*[_-])?(?:{names})"
+        # Field names in any spelling: api_key, api-key, api.key, apiKey, APIKEY.
+        names = "|".join(
+            sorted((re.escape(f).replace("_", "[_.-]?") for f in self.fields), key=len)[::-1]
+        )
+        name = rf"(?:[A-Za-z0-9_.-]*)(?:{names})"  # any prefix: over-redacting is the safe side
         # "name": "value" / "name": 123 in JSON-like text that could not be parsed
         self._json_text = re.compile(
             rf'("{name}"\s*:\s*)("(?:[^"\\]|\\.)*"?|[^,}}\]\s]+)', re.IGNORECASE
         )
-        # name=value in form- or query-like text
+        # name=value in form- or query-like text, name: value / name = value in plain text
         self._pair_text = re.compile(rf"(\b{name}=)[^&\s]*", re.IGNORECASE)
-        self._any_name = re.compile(names.replace("_", "[_-]"))  # searched in lower-cased text
+        self._colon_text = re.compile(rf"(\b{name}\s*[:=]\s*)([^\s,;&]+)", re.IGNORECASE)
+        self._secret_value = re.compile("|".join(SECRET_VALUE_PATTERNS))
+        self._any_name = re.compile(names)  # searched in lower-cased text (much faster)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Redactor) and other.fields == self.fields
+
+    def __hash__(self) -> int:
+        return hash(self.fields)
 
     def may_hold_sensitive(self, text: str) -> bool:
-        """False when no sensitive field name occurs anywhere in ``text`` (a fast pre-check)."""
-        return self._any_name.search(text.lower()) is not None
+        """False when no sensitive field name and no secret-shaped value occurs anywhere in
+        ``text`` (a fast pre-check)."""
+        return (
+            self._any_name.search(text.lower()) is not None
+            or self._secret_value.search(text) is not None
+        )
 
     def is_sensitive(self, key: str) -> bool:
         """True when a field of this name is never recorded."""
@@ -94,16 +124,30 @@ class Redactor:
                 else self.redact(v, depth + 1)
                 for k, v in value.items()
             }
-        if isinstance(value, list):
+        if isinstance(value, list | tuple):  # tuples: an @observe'd function's arguments
             if depth >= MAX_DEPTH:
                 return TOO_DEEP
-            return [self.redact(v, depth + 1) for v in value]
+            items = [self.redact(v, depth + 1) for v in value]
+            return items if isinstance(value, list) else tuple(items)
+        if isinstance(value, str):
+            return self._secret_value.sub(REDACTED, value)
         return value
 
+    def mask(self, *, data: Any, **_: Any) -> Any:
+        """The redaction as a Langfuse client's ``mask=``: every observation's input, output
+        and metadata (children included) goes through it."""
+        if isinstance(data, str):
+            return self.redact_text(data)
+        return self.redact(data)
+
     def redact_text(self, text: str) -> str:
-        """Best-effort redaction for text that could not be parsed (truncated, broken)."""
+        """Best-effort redaction for text that could not be parsed (truncated, broken) or is
+        not structured: ``"name": value``, ``name=value``, ``name: value``, and secret-shaped
+        values anywhere."""
+        text = self._secret_value.sub(REDACTED, text)
         text = self._json_text.sub(rf'\1"{REDACTED}"', text)
-        return self._pair_text.sub(rf"\1{REDACTED}", text)
+        text = self._pair_text.sub(rf"\1{REDACTED}", text)
+        return self._colon_text.sub(rf"\1{REDACTED}", text)
 
 
 class BodyCapture:

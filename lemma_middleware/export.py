@@ -24,7 +24,7 @@ import logging
 import os
 import threading
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +34,7 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExport
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter
 
+from .capture import Redactor
 from .logs import log_once, logger
 from .processors import DestinationProcessor, ExportFilter, wire_provider
 from .provider import OwnedTracerProvider, provider_for
@@ -193,6 +194,7 @@ def build_client(
     timeout: float = 5.0,
     flush_interval: float | None = None,
     flush_at: int | None = None,
+    redact_fields: Iterable[str] | None = (),
 ) -> Langfuse | None:
     """A Langfuse client exporting to every configured destination, or None if there is none.
 
@@ -201,6 +203,10 @@ def build_client(
     Without ``tracer_provider``, the global provider is used if one is set, else a new one
     (resource ``service.name``) is created and made global, so that OpenTelemetry
     instrumentations (LLM clients, FastAPI) reach the same export.
+
+    The client's ``mask`` is the middleware's redaction (:data:`DEFAULT_REDACT_FIELDS` plus
+    ``redact_fields``; ``redact_fields=None`` for no mask): every observation of the client,
+    children of a request included, is redacted as the root's input and output are.
 
     Batching: at most ``flush_at`` spans per export (``LANGFUSE_FLUSH_AT``, else
     :data:`DEFAULT_FLUSH_AT`), at least every ``flush_interval`` seconds
@@ -237,6 +243,7 @@ def build_client(
         release,
         flush_at,
         flush_interval,
+        None if redact_fields is None else frozenset(redact_fields),
     )
     with _clients_lock:
         client = _clients.get(key)
@@ -282,6 +289,7 @@ def build_client(
         with owned:  # the client's processors export by Langfuse's default filter
             client = Langfuse(
                 tracer_provider=provider,
+                mask=None if redact_fields is None else Redactor(redact_fields).mask,
                 environment=environment,
                 release=release,
                 timeout=int(timeout),

@@ -55,10 +55,9 @@ def normalise_id(value: object, field_name: str) -> str | None:
             field_name,
         )
         return None
-    if (
-        len(value) + 2 + value.count('"') + value.count("\\") <= LANGFUSE_VALUE_LIMIT
-        and _PRINTABLE_ASCII.fullmatch(value)
-    ):
+    if len(value) + 2 + value.count('"') + value.count(
+        "\\"
+    ) <= LANGFUSE_VALUE_LIMIT and _PRINTABLE_ASCII.fullmatch(value):
         return value
     log_once(
         f"normalised:{field_name}",

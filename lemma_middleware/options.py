@@ -7,6 +7,7 @@ an option that cannot work and logs a warning for one that works badly.
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import os
 import re
@@ -117,6 +118,10 @@ class PathExclusions:
         return any(p.fullmatch(path) for p in self.patterns)
 
 
+class OptionError(ValueError):
+    """An invalid middleware option; the message names the option and the fix."""
+
+
 @dataclass(frozen=True)
 class TracingOptions:
     """Every option of the middleware, validated and compiled (see :meth:`compile`)."""
@@ -188,10 +193,23 @@ class TracingOptions:
             )
         if agent_name is None and not env_agent:
             logger.warning("lemma_middleware: no agent_name and no LEMMA_AGENT_NAME; using 'agent'")
-        headers = [header_names(h) for h in (thread_header, user_header, tenant_header)]
-        for name in (name for names in headers for name in names):
-            if name in SECRET_HEADERS:
-                raise ValueError(f"{name!r} carries secrets and cannot be an identity header")
+        options = {"thread_header": thread_header, "user_header": user_header}
+        options["tenant_header"] = tenant_header
+        headers = [header_names(h) for h in options.values()]
+        for option, names in zip(options, headers, strict=True):
+            for name in names:
+                if name in SECRET_HEADERS:
+                    raise OptionError(
+                        f"{option}={name!r}: this header carries credentials, which are never "
+                        f"recorded, so it cannot identify a request; use a header of its own "
+                        f"(e.g. {option}='x-{option.split('_')[0]}-id') or identity_resolver="
+                    )
+        try:
+            body_limit = max(0, int(max_body_bytes))
+        except (TypeError, ValueError):
+            raise OptionError(
+                f"max_body_bytes={max_body_bytes!r}: expected a number of bytes, e.g. 65536"
+            ) from None
         return cls(
             agent_name=agent,
             thread_headers=headers[0],
@@ -212,7 +230,7 @@ class TracingOptions:
             is_excluded=PathExclusions.compile(exclude_paths, exclude_methods),
             capture_input=capture_input,
             capture_output=capture_output,
-            max_body_bytes=max(0, int(max_body_bytes)),
+            max_body_bytes=body_limit,
             redactor=Redactor(redact_fields),
             input_from=input_from,
             output_from=output_from,
@@ -223,3 +241,22 @@ class TracingOptions:
 
 OPTION_NAMES: tuple[str, ...] = tuple(inspect.signature(TracingOptions.compile).parameters)
 """The keyword options every adapter takes."""
+
+
+def compile_options(options: dict[str, Any]) -> TracingOptions:
+    """:meth:`TracingOptions.compile`, with every misconfiguration an :class:`OptionError`
+    naming the option and the fix."""
+    unknown = sorted(set(options) - set(OPTION_NAMES))
+    if unknown:
+        close = {name: difflib.get_close_matches(name, OPTION_NAMES, n=1) for name in unknown}
+        hints = ", ".join(
+            f"{name!r}" + (f" (did you mean {close[name][0]!r}?)" if close[name] else "")
+            for name in unknown
+        )
+        raise OptionError(f"unknown option {hints}; the options are: {', '.join(OPTION_NAMES)}")
+    try:
+        return TracingOptions.compile(**options)
+    except OptionError:
+        raise
+    except (TypeError, ValueError, re.error) as error:
+        raise OptionError(f"invalid option value: {error}") from error

@@ -20,7 +20,7 @@ from langfuse import Langfuse
 
 from .export import build_client, wire_client
 from .logs import call_guarded, logger, report_callback_error, report_untraced
-from .options import TracingOptions, valid_environment
+from .options import TracingOptions, compile_options, valid_environment
 from .recording import Recorder, RequestInfo
 from .request import RequestTrace
 from .sdk import ClientAccess
@@ -38,7 +38,7 @@ class Tracing:
 
     def __init__(self, **options: Any) -> None:
         """``options``: those of :meth:`TracingOptions.compile` (the README's table)."""
-        compiled = TracingOptions.compile(**options)
+        compiled = compile_options(options)
         client, access = self._client(compiled)
         self.langfuse: Langfuse | None = client
         self.access: ClientAccess = access
@@ -48,7 +48,10 @@ class Tracing:
             environment=compiled.environment or valid_environment(access.environment),
             release=compiled.release or access.release,
         )
-        self.recorder = Recorder(self.options, access.mask, bodies_allowed=access.mask_known)
+        mask = access.mask
+        if getattr(mask, "__self__", None) == self.options.redactor:
+            mask = None  # the client masks with this very redaction: the root has it already
+        self.recorder = Recorder(self.options, mask, bodies_allowed=access.mask_known)
         self.is_excluded = self.options.is_excluded
         """``is_excluded(method, path)``: True for a request passed through untraced."""
         callables = [
@@ -85,6 +88,7 @@ class Tracing:
                     service_name=options.service_name,
                     environment=options.environment,
                     release=options.release,
+                    redact_fields=options.redactor.extra_fields,
                 )
             if client is not None:
                 return client, wire_client(client)

@@ -34,8 +34,9 @@ REDACTOR = Redactor()
 json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text()
 json_values = st.recursive(
     json_scalars,
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=12), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4)
+    ),
     max_leaves=30,
 )
 sensitive_keys = st.sampled_from(
@@ -150,9 +151,7 @@ async def test_a_hostile_nested_body_still_records_the_outcome_asgi(captured: Ca
 
 def test_a_hostile_nested_body_still_records_the_outcome_wsgi(captured: Captured) -> None:
     app = make_flask_app(captured.client)
-    response = call(
-        app, "POST", "/chat/c", data=HOSTILE.encode(), content_type="application/json"
-    )
+    response = call(app, "POST", "/chat/c", data=HOSTILE.encode(), content_type="application/json")
     assert response.status == 200
     a = captured.root().attributes
     assert a["langfuse.trace.metadata.http.status_code"] == "200"
@@ -205,3 +204,77 @@ async def test_ids_near_the_limit_keep_every_key_langfuse_checks(
         assert json.loads(a["langfuse.trace.metadata.tenant_id"]) == "acme"
         assert json.loads(a["langfuse.trace.metadata.note"]).endswith("…")
     capture.close()
+
+
+SECRET_SHAPED = [
+    "sk-proj-abcdefghijklmnopqrstuvwx",
+    "Bearer abcdefghijklmnopqrstuvwx",
+    "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.c2lnbmF0dXJl",
+    "AKIAIOSFODNN7EXAMPLE",
+    "ghp_abcdefghijklmnopqrstuvwxyz0123456789",
+]
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "accessToken",
+        "clientSecret",
+        "openaiApiKey",
+        "bearerToken",
+        "sessionCookie",
+        "privateKey",
+        "X-Api-Key",
+        "db.password",
+        "APIKEY",
+        "refresh-token",
+    ],
+)
+async def test_secret_fields_in_every_spelling_are_redacted(captured: Captured, key: str) -> None:
+    """Issue 9, finding 2: camelCase secrets were recorded verbatim."""
+    await post(make_app(captured.client), "/chat/c", json={"message": "hi", key: SECRET})
+    recorded = json.loads(captured.root().attributes["langfuse.observation.input"])
+    assert recorded == {"message": "hi", key: REDACTED}
+
+
+@pytest.mark.parametrize("value", SECRET_SHAPED)
+async def test_secret_shaped_values_are_redacted_in_any_field_and_in_children(
+    captured: Captured, value: str
+) -> None:
+    """Whatever the field's name, and in the observations the handler makes with the
+    middleware's client (its mask is the same redaction)."""
+    await post(make_app(captured.client), "/chat/c", json={"message": f"use {value} please"})
+    root = captured.root()
+    exported = json.dumps([dict(s.attributes) for s in [root, *captured.children(root)]])
+    assert value not in exported
+    assert REDACTED in json.loads(root.attributes["langfuse.observation.input"])["message"]
+    (llm,) = captured.children(root)
+    assert REDACTED in llm.attributes["langfuse.observation.input"]
+
+
+@pytest.mark.parametrize(
+    "text", ["token: " + SECRET, "password = " + SECRET, "Authorization: Bearer " + SECRET]
+)
+async def test_secrets_in_plain_text_bodies_are_redacted(captured: Captured, text: str) -> None:
+    app = make_app(captured.client)
+    await post(app, "/raw", content=text, headers={"content-type": "text/plain"})
+    recorded = captured.root().attributes["langfuse.observation.input"]
+    assert SECRET not in recorded and REDACTED in recorded
+
+
+spelled_keys = st.sampled_from(
+    ["password", "accessToken", "client-secret", "openai.api_key", "SESSION_COOKIE", "ApiKey"]
+)
+
+
+@settings(max_examples=200)
+@given(json_values, spelled_keys, st.sampled_from(SECRET_SHAPED))
+def test_no_spelling_or_shape_of_secret_survives_rendering(
+    value: Any, key: str, shaped: str
+) -> None:
+    document = {"wrapper": _with_secret(value, key), "free": f"x {shaped} y"}
+    capture = BodyCapture(1 << 20)
+    capture.feed(json.dumps(document).encode())
+    rendered = render_body(capture, "application/json", None, REDACTOR, "request")
+    text = json.dumps(rendered, default=str)
+    assert SECRET not in text and shaped not in text
