@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import Unpack
 
 from asgiref.compatibility import guarantee_single_callable
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .logs import logger, report_untraced
-from .options import OptionError
+from .options import OptionError, Options
 from .recording import Exchange, RequestInfo
 from .request import RequestTrace
 from .tracing import Tracing
@@ -27,7 +27,9 @@ class LemmaMiddleware:
     flushed.
     """
 
-    def __init__(self, app: ASGIApp, *, flush_timeout: float = 5.0, **options: Any) -> None:
+    def __init__(
+        self, app: ASGIApp, *, flush_timeout: float = 5.0, **options: Unpack[Options]
+    ) -> None:
         self.app: ASGIApp = guarantee_single_callable(app)  # type: ignore[no-untyped-call]
         self.flush_timeout = flush_timeout
         self.tracing: Tracing | None = None

@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypedDict
 
 from langfuse import Langfuse
 
@@ -237,6 +237,35 @@ class TracingOptions:
             trace_id_header=trace_id_header.lower().encode("latin-1") if trace_id_header else None,
             continue_upstream_trace=continue_upstream_trace,
         )
+
+
+class Options(TypedDict, total=False):
+    """The middleware's keyword options, for type checkers (``add_middleware`` checks them
+    and flags a misspelt one). The same names and types as :meth:`TracingOptions.compile`,
+    whose signature is the reference (a test keeps the two equal)."""
+
+    agent_name: AgentName
+    thread_header: HeaderNames
+    user_header: HeaderNames
+    tenant_header: HeaderNames
+    identity_resolver: IdentityResolver | None
+    use_auth_user: bool
+    langfuse: Langfuse | None
+    environment: str | None
+    release: str | None
+    version: str | None
+    metadata: Mapping[str, Any] | None
+    exclude_paths: Iterable[str | re.Pattern[str]]
+    exclude_methods: Iterable[str]
+    capture_input: bool
+    capture_output: bool
+    max_body_bytes: int
+    redact_fields: Iterable[str]
+    input_from: Callable[[Any], Any] | None
+    output_from: Callable[[Any], Any] | None
+    trace_id_header: str | None
+    continue_upstream_trace: bool
+    service_name: str | None
 
 
 OPTION_NAMES: tuple[str, ...] = tuple(inspect.signature(TracingOptions.compile).parameters)

@@ -6,11 +6,12 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import TracebackType
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, Unpack
 
 from .capture import BodyCapture
 from .identity import user_id_from_plain_user
 from .logs import log_once, report_untraced
+from .options import Options
 from .recording import Exchange, RequestInfo
 from .request import RequestTrace
 from .tracing import Tracing
@@ -74,7 +75,7 @@ class LemmaWSGIMiddleware:
     supplies the user, the route and the exceptions it turns into 500 responses.
     """
 
-    def __init__(self, app: WSGIApp, **options: Any) -> None:
+    def __init__(self, app: WSGIApp, **options: Unpack[Options]) -> None:
         self.app = app
         self.tracing = Tracing(**options)
         self.framework = framework_of(app, self.tracing) if self.tracing.enabled else PlainWSGI()

@@ -111,3 +111,38 @@ def test_the_adapters_report_an_option_error() -> None:
     assert "user_header='cookie'" in str(middleware.configuration_error)
     with pytest.raises(OptionError, match="unknown option 'agent'"):
         LemmaWSGIMiddleware(lambda environ, start_response: [], agent="x")
+
+
+def test_the_typed_options_are_exactly_the_compiled_options() -> None:
+    """``Options`` (what type checkers see in ``add_middleware``) and the signature of
+    ``TracingOptions.compile`` (the reference) name the same options with the same types."""
+    import typing
+
+    from lemma_middleware import options
+
+    typed = typing.get_type_hints(options.Options)
+    compiled = typing.get_type_hints(options.TracingOptions.compile)
+    compiled.pop("return")
+    assert typed == compiled
+
+
+def test_add_middleware_type_checks_and_flags_a_misspelt_option(tmp_path: object) -> None:
+    from pathlib import Path
+
+    source = Path(str(tmp_path)) / "app.py"
+    source.write_text(
+        "from fastapi import FastAPI\n"
+        "from lemma_middleware import LemmaMiddleware\n"
+        "app = FastAPI()\n"
+        'app.add_middleware(LemmaMiddleware, agent_name="agent", thread_header="x-thread")\n'
+        'app.add_middleware(LemmaMiddleware, thred_header="x-thread")\n'
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--no-incremental", str(source)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    errors = [line for line in done.stdout.splitlines() if ": error:" in line]
+    assert len(errors) == 1, done.stdout
+    assert "app.py:5:" in errors[0] and 'did you mean "thread_header"' in errors[0]
