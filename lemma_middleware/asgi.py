@@ -12,7 +12,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .logs import logger, report_untraced
 from .options import OptionError, Options
-from .recording import Exchange, RequestInfo
+from .recording import UNREAD_BODY_WAIT, Exchange, RequestInfo
 from .request import RequestTrace
 from .tracing import Tracing
 
@@ -158,8 +158,31 @@ class TracedExchange(Exchange):
             trace.deactivate(token)
             route_path = getattr(scope.get("route"), "path", None)
             self.route = route_path if isinstance(route_path, str) else None
+            wanted = self.unread_body_wanted(trace.request.headers, error)
+            if wanted:
+                await self._read_unread_body(wanted)
             trace.finish(self, error)
             trace.release()
+
+    async def _read_unread_body(self, size: int) -> None:
+        """Receive up to ``size`` bytes the app left unread, for at most UNREAD_BODY_WAIT
+        seconds (the app is done: nothing it sees changes)."""
+        body = self.request_body
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + UNREAD_BODY_WAIT
+        try:
+            while body is not None and body.total < size:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                message = await asyncio.wait_for(self.receive(), remaining)
+                if message["type"] != "http.request":
+                    break
+                body.feed(message.get("body", b""))
+                if not message.get("more_body", False):
+                    break
+        except Exception:  # a timeout, a server that will not give it: record without it
+            logger.debug("lemma_middleware: unread request body not fetched", exc_info=True)
 
     async def receive_wrapper(self) -> Message:
         message = await self.receive()
@@ -175,6 +198,11 @@ class TracedExchange(Exchange):
         message_type = message["type"]
         if message_type == "http.response.start":
             message = self._on_response_start(message)
+            if self.trace is not None and self.status is not None and self.status >= 400:
+                # Servers stop delivering the request body once the response is complete.
+                wanted = self.unread_body_wanted(self.trace.request.headers, None)
+                if wanted:
+                    await self._read_unread_body(wanted)
         elif message_type == "http.response.body":
             if self.response_body is not None:
                 self.response_body.feed(message.get("body", b""))

@@ -84,6 +84,27 @@ class Exchange:
             elif lowered in _CONTENT_ENCODING:
                 self.response_content_encoding = _text(value)
 
+    def unread_body_wanted(self, headers: Mapping[str, str], error: BaseException | None) -> int:
+        """How many bytes of a request body the app never read the adapter should fetch now,
+        so that a failed turn records what caused it (0: none). Only when the request failed
+        (an exception, no response, or 4xx/5xx), the app read nothing, the client is still
+        there, and the request declares a body; at most the capture limit."""
+        body = self.request_body
+        if body is None or body.total or self.disconnected:
+            return 0
+        if error is None and self.status is not None and self.status < 400:
+            return 0
+        length = headers.get("content-length", "").strip()
+        if length.isdigit():
+            return min(int(length), body.limit)
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            return body.limit
+        return 0
+
+
+UNREAD_BODY_WAIT = 0.1
+"""Seconds an adapter waits at most for a failed request's unread body."""
+
 
 class Overrides:
     """What the handler asked to record instead of the bodies (``set_input``/``set_output``)."""

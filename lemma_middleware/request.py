@@ -207,6 +207,11 @@ class RequestTrace:
         """Note an exception the framework turned into a response (e.g. Flask's 500)."""
         self.handled_error = error
 
+    @property
+    def finished(self) -> bool:
+        """True once :meth:`finish` ran."""
+        return self._finished
+
     def finish(self, exchange: Exchange, error: BaseException | None = None) -> None:
         """Record input, output and outcome on the root and end it (once)."""
         if self._finished:

@@ -10,7 +10,7 @@ from typing import Any, ClassVar, Protocol, Unpack
 
 from .capture import BodyCapture
 from .identity import user_id_from_plain_user
-from .logs import log_once, report_untraced
+from .logs import log_once, logger, report_untraced
 from .options import Options
 from .recording import Exchange, RequestInfo
 from .request import RequestTrace
@@ -224,11 +224,27 @@ class TracedWSGIExchange(Exchange):
             result = app(self.environ, self._start_response(start_response))
         except BaseException as error:
             trace.deactivate(token)
-            trace.finish(self, error)
+            self.finish(error)
             trace.release()
             raise
         trace.deactivate(token)
         return TracedBody(self, result)
+
+    def finish(self, error: BaseException | None = None) -> None:
+        """End the trace; a failed request's unread body is read first (bounded by the
+        capture limit; the app is done with ``wsgi.input``)."""
+        trace = self.trace
+        assert trace is not None
+        if trace.finished:
+            return
+        wanted = self.unread_body_wanted(trace.request.headers, error)
+        stream = self.environ.get("wsgi.input")
+        if wanted and isinstance(stream, TeeInput):
+            try:
+                stream.read(wanted)
+            except Exception:
+                logger.debug("lemma_middleware: unread request body not read", exc_info=True)
+        trace.finish(self, error)
 
     def _start_response(self, start_response: StartResponse) -> StartResponse:
         def traced_start_response(
@@ -288,11 +304,11 @@ class TracedBody:
         except StopIteration:
             exchange.completed_at = time.time_ns()
             self._done = True
-            trace.finish(exchange)
+            exchange.finish()
             raise
         except BaseException as error:
             self._done = True
-            trace.finish(exchange, error)
+            exchange.finish(error)
             raise
         finally:
             trace.deactivate(token)
@@ -314,5 +330,5 @@ class TracedBody:
                     trace.deactivate(token)
         finally:
             exchange.disconnected = not self._done
-            trace.finish(exchange)
+            exchange.finish()
             trace.release()
