@@ -142,22 +142,24 @@ class PassThroughTracer(Tracer):
     ) -> AbstractContextManager[Span]:
         """The real tracer's, or the parent's context left current: code inside sees the
         same current span as it would without the framework's telemetry."""
-        if self._provider.records_framework_spans:
-            return self._tracer.start_as_current_span(
-                name,
-                context,
-                kind,
-                attributes,
-                links,
-                start_time,
-                record_exception,
-                set_status_on_exception,
-                end_on_exit,
-            )
-        span = NonRecordingSpan(otel_trace.get_current_span(context).get_span_context())
-        if context is not None:  # a parent other than the current one: make it current
-            return otel_trace.use_span(span, end_on_exit=False)
-        return _Yield(span)
+        span = self.start_span(
+            name,
+            context,
+            kind,
+            attributes,
+            links,
+            start_time,
+            record_exception,
+            set_status_on_exception,
+        )
+        if context is None and not self._provider.records_framework_spans:
+            return _Yield(span)  # the parent's context, already current
+        return otel_trace.use_span(
+            span,
+            end_on_exit=end_on_exit,
+            record_exception=record_exception,
+            set_status_on_exception=set_status_on_exception,
+        )
 
 
 class _Yield(AbstractContextManager[Span]):

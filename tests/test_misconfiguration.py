@@ -51,6 +51,18 @@ def _wait(process: subprocess.Popen[str], url: str) -> bool:
     raise AssertionError("the server neither started nor exited")
 
 
+def _failed_start(command: list[str], env_option: str) -> str:
+    """Start the server, expect it to exit with an error before answering; its output."""
+    process, url = _serve(command, env_option)
+    try:
+        assert not _wait(process, url)
+        output = process.communicate(timeout=10)[0]
+    finally:
+        process.kill()
+    assert process.returncode != 0
+    return output
+
+
 def _uvicorn(lifespan: str) -> list[str]:
     app = "tests.misconfigured_apps:asgi_app"
     return [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--lifespan", lifespan]
@@ -61,13 +73,7 @@ def _uvicorn(lifespan: str) -> list[str]:
 def test_uvicorn_with_lifespan_fails_at_start_naming_the_option(
     option: str, named: str, lifespan: str
 ) -> None:
-    process, url = _serve(_uvicorn(lifespan), option)
-    try:
-        assert not _wait(process, url)
-        output = process.communicate(timeout=10)[0]
-    finally:
-        process.kill()
-    assert process.returncode != 0
+    output = _failed_start(_uvicorn(lifespan), option)
     assert named in output and "invalid configuration" in output
 
 
@@ -91,14 +97,7 @@ def test_uvicorn_without_lifespan_serves_untraced_and_says_why_once(
 
 def test_gunicorn_fails_at_start_naming_the_option() -> None:
     command = [sys.executable, "-m", "gunicorn", "tests.misconfigured_apps:wsgi_app()"]
-    process, url = _serve(command, BAD_OPTIONS[0][0])
-    try:
-        assert not _wait(process, url)
-        output = process.communicate(timeout=10)[0]
-    finally:
-        process.kill()
-    assert process.returncode != 0
-    assert BAD_OPTIONS[0][1] in output
+    assert BAD_OPTIONS[0][1] in _failed_start(command, BAD_OPTIONS[0][0])
 
 
 @pytest.mark.expect_internal_errors
