@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import gzip
 import io
+import itertools
 import os
 import re
 import signal
@@ -28,6 +29,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -349,29 +351,68 @@ def wsgi_section(rounds: int, per_round: int) -> dict[str, float]:
     return medians
 
 
+class Inbox:
+    """The local inbox in a process of its own: started, stopped (connection refused),
+    frozen (connections accepted, never answered) and thawed by the outage section."""
+
+    def __init__(self, database: Path) -> None:
+        self.database = database
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The environment that points the servers' Langfuse export (and nothing else) here."""
+        return {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("LANGFUSE_", "LEMMA_"))},
+            "LANGFUSE_PUBLIC_KEY": "pk-bench",
+            "LANGFUSE_SECRET_KEY": "sk-bench",
+            "LANGFUSE_HOST": f"http://127.0.0.1:{self.port}",
+        }
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "lemma_middleware", "--db", str(self.database), "inbox"),
+                *("--port", str(self.port), "--key", "pk-bench:sk-bench"),
+            ],
+            stdout=subprocess.DEVNULL,
+            cwd=ROOT,
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.TransportError):
+                httpx.get(f"http://127.0.0.1:{self.port}/", timeout=0.5)
+                return
+            time.sleep(0.05)
+        raise RuntimeError("the inbox did not start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.send_signal(signal.SIGCONT)
+            self.process.send_signal(signal.SIGINT)
+            self.process.wait(timeout=60)
+            self.process = None
+
+    def freeze(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
+
 @contextlib.contextmanager
 def local_inbox(database: Path) -> Iterator[dict[str, str]]:
     """The local inbox in a process of its own; yields the environment that points the
     servers' Langfuse export (and nothing else) at it."""
-    port = free_port()
-    inbox = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "lemma_middleware", "--db", str(database), "inbox"),
-            *("--port", str(port), "--key", "pk-bench:sk-bench"),
-        ],
-        stdout=subprocess.DEVNULL,
-        cwd=ROOT,
-    )
+    inbox = Inbox(database)
+    inbox.start()
     try:
-        yield {
-            **{k: v for k, v in os.environ.items() if not k.startswith(("LANGFUSE_", "LEMMA_"))},
-            "LANGFUSE_PUBLIC_KEY": "pk-bench",
-            "LANGFUSE_SECRET_KEY": "sk-bench",
-            "LANGFUSE_HOST": f"http://127.0.0.1:{port}",
-        }
+        yield inbox.env
     finally:
-        inbox.send_signal(signal.SIGINT)
-        inbox.wait(timeout=60)
+        inbox.stop()
 
 
 # end to end -----------------------------------------------------------------------------
@@ -668,6 +709,103 @@ def memory_section(megabytes: int) -> dict[str, float]:
     return peaks
 
 
+# outage ---------------------------------------------------------------------------------
+
+OUTAGE_VARIANTS = {
+    "lemma": "lemma middleware",
+    "handwritten": "hand-written middleware (plain Langfuse())",
+    "fastapi-otel": "FastAPI native OTel, OTLP/HTTP exporter",
+}
+IDENTITY = {"x-conversation-id": "conv-1", "x-user-id": "user-1", "x-tenant-id": "acme"}
+
+
+def _steady_load(
+    url: str, rate: float, stop: threading.Event, log: list[tuple[float, float]]
+) -> None:
+    """POST /chat at ``rate`` requests/s until ``stop``; ``log`` gets (start, seconds) of
+    every request answered 200."""
+    interval = 1 / rate
+    with httpx.Client(timeout=30) as client:
+        next_at = time.monotonic()
+        while not stop.is_set():
+            started = time.monotonic()
+            response = client.post(f"{url}/chat", json={"message": "parcel?"}, headers=IDENTITY)
+            if response.status_code == 200:
+                log.append((started, time.monotonic() - started))
+            next_at += interval
+            time.sleep(max(0.0, next_at - time.monotonic()))
+
+
+def outage_section(up: float, outage: float, rate: float) -> dict[str, tuple[int, int]]:
+    """The destination down (connection refused) for ``outage`` seconds, then hanging
+    (accepting, never answering) as long, under steady load: requests served against
+    traces received once the servers have stopped, and request latency in each phase."""
+    phases: list[tuple[str, float]] = []
+    with tempfile.TemporaryDirectory() as folder:
+        inbox = Inbox(Path(folder) / "inbox.sqlite3")
+        inbox.start()
+        try:
+            servers = {
+                variant: serve("asgi", variant, {**inbox.env, "OTEL_SERVICE_NAME": variant})
+                for variant in OUTAGE_VARIANTS
+            }
+            stop = threading.Event()
+            logs: dict[str, list[tuple[float, float]]] = {v: [] for v in servers}
+            loaders = [
+                threading.Thread(target=_steady_load, args=(url, rate, stop, logs[v]))
+                for v, (_, url) in servers.items()
+            ]
+            for loader in loaders:
+                loader.start()
+            steps: list[tuple[str, Callable[[], None], float]] = [
+                ("up", lambda: None, up),
+                ("down", inbox.stop, outage),
+                ("up again", inbox.start, up),
+                ("hanging", inbox.freeze, outage),
+                ("up at the end", inbox.thaw, 2 * up),
+            ]
+            for name, action, seconds in steps:
+                action()
+                phases.append((name, time.monotonic()))
+                time.sleep(seconds)
+            stop.set()
+            for loader in loaders:
+                loader.join()
+            phases.append(("stopped", time.monotonic()))
+            for process, _ in servers.values():
+                process.send_signal(signal.SIGTERM)
+            for process, _ in servers.values():
+                process.wait(timeout=120)
+            wait_quiet()
+        finally:
+            inbox.stop()
+        received = _received(inbox.database)
+    print(
+        f"\nOutage, ASGI under uvicorn, {rate:.0f} req/s each: the inbox down (connection "
+        f"refused) for {outage:.0f}s, then hanging (SIGSTOP) for {outage:.0f}s; traces "
+        "counted after the servers stopped"
+    )
+    names = [name for name, _ in phases[:-1]]
+    print(
+        f"{'variant':44} {'served':>7} {'traces':>7} {'lost':>6}  "
+        + " ".join(f"{'p99 ' + n:>16}" for n in names)
+    )
+    lost: dict[str, tuple[int, int]] = {}
+    for variant, log in logs.items():
+        served = len(log) + STARTUP_PROBES
+        traces = received.get(variant, (0, 0))[1]
+        lost[variant] = (served, served - traces)
+        p99s = []
+        for (_, begin), (_, end) in itertools.pairwise(phases):
+            took = sorted(seconds for started, seconds in log if begin <= started < end)
+            p99s.append(f"{took[int(0.99 * (len(took) - 1))] * 1000:14.1f}ms" if took else "-")
+        print(
+            f"{OUTAGE_VARIANTS[variant]:44} {served:7} {traces:7} {served - traces:6}  "
+            + " ".join(f"{p:>16}" for p in p99s)
+        )
+    return lost
+
+
 # targets --------------------------------------------------------------------------------
 
 
@@ -762,7 +900,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--smoke", action="store_true", help="tiny run, no targets (for CI)")
-    parser.add_argument("--only", default="asgi,wsgi,e2e,batching,memory")
+    parser.add_argument("--only", default="asgi,wsgi,e2e,batching,memory,outage")
     parser.add_argument("--seconds", type=float, default=5.0, help="wrk duration per round")
     parser.add_argument("--connections", type=int, default=16)
     args = parser.parse_args(argv)
@@ -786,6 +924,8 @@ def main(argv: list[str] | None = None) -> int:
     if "batching" in sections:
         batching_section(seconds, args.connections, 1 if args.smoke else 3)
     memory = memory_section(megabytes) if "memory" in sections else None
+    if "outage" in sections:
+        outage_section(*((2.0, 3.0, 10.0) if args.smoke else (10.0, 30.0, 20.0)))
     if not args.smoke:
         judge(asgi, wsgi, e2e, memory)
     return 0

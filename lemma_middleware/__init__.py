@@ -8,6 +8,7 @@ Everything users need is importable from here::
 from .asgi import LemmaMiddleware
 from .capture import DEFAULT_REDACT_FIELDS, REDACTED
 from .context import bind, current, get_trace_id, set_input, set_output
+from .delivery import DeliveryStats, export_stats
 from .export import build_client, resolve_destinations
 from .flask_integration import LemmaFlask
 from .identity import Identity, normalise_id
@@ -21,6 +22,7 @@ __all__ = [
     "DEFAULT_EXCLUDE_PATHS",
     "DEFAULT_REDACT_FIELDS",
     "REDACTED",
+    "DeliveryStats",
     "Identity",
     "LemmaFlask",
     "LemmaMiddleware",
@@ -32,6 +34,7 @@ __all__ = [
     "bind",
     "build_client",
     "current",
+    "export_stats",
     "get_trace_id",
     "normalise_id",
     "resolve_destinations",

@@ -27,11 +27,8 @@ class LemmaMiddleware:
     flushed.
     """
 
-    def __init__(
-        self, app: ASGIApp, *, flush_timeout: float = 5.0, **options: Unpack[Options]
-    ) -> None:
+    def __init__(self, app: ASGIApp, **options: Unpack[Options]) -> None:
         self.app: ASGIApp = guarantee_single_callable(app)  # type: ignore[no-untyped-call]
-        self.flush_timeout = flush_timeout
         self.tracing: Tracing | None = None
         self.configuration_error: OptionError | None = None
         try:
@@ -88,7 +85,8 @@ class LemmaMiddleware:
         loop = asyncio.get_running_loop()
         try:
             await asyncio.wait_for(
-                loop.run_in_executor(None, self.tracing.flush), self.flush_timeout
+                loop.run_in_executor(None, self.tracing.flush),
+                self.tracing.options.flush_timeout + 1.0,
             )
         except Exception as error:
             logger.warning("lemma_middleware: flush at shutdown did not finish: %r", error)

@@ -119,7 +119,7 @@ class Redactor:
             if depth >= MAX_DEPTH:
                 return TOO_DEEP
             return {
-                k: REDACTED
+                self.redact(k, depth) if isinstance(k, str) else k: REDACTED
                 if isinstance(k, str) and self.is_sensitive(k)
                 else self.redact(v, depth + 1)
                 for k, v in value.items()
@@ -129,8 +129,8 @@ class Redactor:
                 return TOO_DEEP
             items = [self.redact(v, depth + 1) for v in value]
             return items if isinstance(value, list) else tuple(items)
-        if isinstance(value, str):
-            return self._secret_value.sub(REDACTED, value)
+        if isinstance(value, str):  # a string may hold a secret as text: "password=..."
+            return self.redact_text(value) if self.may_hold_sensitive(value) else value
         return value
 
     def mask(self, *, data: Any, **_: Any) -> Any:

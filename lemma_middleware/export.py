@@ -10,7 +10,9 @@
   ``LEMMA_OTLP_HEADERS`` (``name=value,name=value``).
 
 Every configured destination gets every trace, each through its own background batch
-processor, so a slow or down destination never delays another (nor the request).
+processor and its own :class:`~lemma_middleware.delivery.DeliveryExporter` (retries with
+backoff from a bounded backlog, failures counted and logged, exit bounded by
+``flush_timeout``), so a slow or down destination never delays another (nor the request).
 Without a Langfuse key pair the client is still given a working setup (the Langfuse
 client disables itself without keys). A misconfiguration is logged once at start-up and
 that destination is left out.
@@ -18,6 +20,7 @@ that destination is left out.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import logging
@@ -28,13 +31,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import langfuse
 from langfuse import Langfuse
-from opentelemetry.exporter.otlp.proto.http import Compression
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter
 
 from .capture import Redactor
+from .delivery import DEFAULT_MAX_BACKLOG_BYTES, DeliveryExporter, OTLPHTTPSender, watch_provider
 from .logs import log_once, logger
 from .processors import DestinationProcessor, ExportFilter, wire_provider
 from .provider import OwnedTracerProvider, provider_for
@@ -45,11 +48,27 @@ LEMMA_DEFAULT_URL = "https://api.uselemma.ai/otel/v1/traces"
 
 @dataclass(frozen=True)
 class Destination:
-    """One OTLP/HTTP protobuf endpoint that receives every trace."""
+    """One OTLP/HTTP protobuf endpoint that receives every trace (``headers`` are sent
+    with each request; ``langfuse_account`` is a Langfuse destination's public key, secret
+    key and base URL, for the client's own API calls)."""
 
     name: str
     endpoint: str
     headers: Mapping[str, str] = field(default_factory=dict)
+    langfuse_account: tuple[str, str, str] | None = None
+
+
+def langfuse_headers(public_key: str, secret_key: str) -> dict[str, str]:
+    """The headers Langfuse's own exporter sends to its OTLP endpoint (its documentation
+    for direct exporters; a test compares them with the SDK's, release by release)."""
+    token = base64.b64encode(f"{public_key}:{secret_key}".encode()).decode("ascii")
+    return {
+        "Authorization": f"Basic {token}",
+        "x-langfuse-sdk-name": "python",
+        "x-langfuse-sdk-version": langfuse.__version__,
+        "x-langfuse-public-key": public_key,
+        "x-langfuse-ingestion-version": "4",
+    }
 
 
 def _parse_headers(raw: str | None) -> dict[str, str]:
@@ -91,12 +110,14 @@ def resolve_destinations(
         or "https://cloud.langfuse.com"
     ).rstrip("/")
     if public_key and secret_key:
+        path = env.get("LANGFUSE_OTEL_TRACES_EXPORT_PATH") or "api/public/otel/v1/traces"
         if _valid_url(host):
             destinations.append(
                 Destination(
                     "langfuse",
-                    f"{host}/api/public/otel/v1/traces",
-                    {"public_key": public_key, "secret_key": secret_key},
+                    f"{host}/{path.lstrip('/')}",
+                    langfuse_headers(public_key, secret_key),
+                    (public_key, secret_key, host),
                 )
             )
         else:
@@ -141,12 +162,12 @@ def resolve_destinations(
     return destinations, problems
 
 
-def _otlp_exporter(destination: Destination, timeout: float) -> OTLPSpanExporter:
-    return OTLPSpanExporter(
-        endpoint=destination.endpoint,
-        headers=dict(destination.headers),
+def _exporter(destination: Destination, timeout: float, backlog_bytes: int) -> DeliveryExporter:
+    return DeliveryExporter(
+        destination.name,
+        OTLPHTTPSender(destination.endpoint, destination.headers),
         timeout=timeout,
-        compression=Compression.Gzip,
+        max_backlog_bytes=backlog_bytes,
     )
 
 
@@ -195,6 +216,7 @@ def build_client(
     flush_interval: float | None = None,
     flush_at: int | None = None,
     redact_fields: Iterable[str] | None = (),
+    max_backlog_bytes: int | None = None,
 ) -> Langfuse | None:
     """A Langfuse client exporting to every configured destination, or None if there is none.
 
@@ -213,8 +235,15 @@ def build_client(
     (``LANGFUSE_FLUSH_INTERVAL``, else :data:`DEFAULT_FLUSH_INTERVAL`). Smaller batches than
     Langfuse's 512 keep each export's hold on the interpreter short: the benchmark's
     batching section measured p99 under load against both settings.
+
+    Delivery: each destination retries batches that failed on a timeout, a connection
+    error, 429 or 5xx, from a backlog of at most ``max_backlog_bytes`` compressed bytes
+    (``LEMMA_EXPORT_BACKLOG_MB``, else 32 MB); see :mod:`lemma_middleware.delivery`.
     """
     flush_at = flush_at or _env_number("LANGFUSE_FLUSH_AT", int, DEFAULT_FLUSH_AT)
+    backlog_bytes = max_backlog_bytes or int(
+        _env_number("LEMMA_EXPORT_BACKLOG_MB", float, DEFAULT_MAX_BACKLOG_BYTES / 2**20) * 2**20
+    )
     flush_interval = flush_interval or _env_number(
         "LANGFUSE_FLUSH_INTERVAL", float, DEFAULT_FLUSH_INTERVAL
     )
@@ -243,6 +272,7 @@ def build_client(
         release,
         flush_at,
         flush_interval,
+        backlog_bytes,
         None if redact_fields is None else frozenset(redact_fields),
     )
     with _clients_lock:
@@ -256,7 +286,7 @@ def build_client(
             else contextlib.nullcontext()
         )
 
-        langfuse_destination = next((d for d in destinations if d.name == "langfuse"), None)
+        langfuse_destination = next((d for d in destinations if d.langfuse_account), None)
         extra = [d for d in destinations if d is not langfuse_destination]
         langfuse_kwargs: dict[str, Any] = {}
         if span_exporter is not None:
@@ -267,14 +297,13 @@ def build_client(
                 "span_exporter": span_exporter,
             }
             extra = []
-        elif langfuse_destination is not None:
-            pk = langfuse_destination.headers["public_key"]
+        elif langfuse_destination is not None and langfuse_destination.langfuse_account:
+            pk, secret, base_url = langfuse_destination.langfuse_account
             langfuse_kwargs = {
                 "public_key": pk,
-                "secret_key": langfuse_destination.headers["secret_key"],
-                "base_url": langfuse_destination.endpoint.removesuffix(
-                    "/api/public/otel/v1/traces"
-                ),
+                "secret_key": secret,
+                "base_url": base_url,
+                "span_exporter": _exporter(langfuse_destination, timeout, backlog_bytes),
             }
         else:
             primary = extra.pop(0)
@@ -283,7 +312,7 @@ def build_client(
             langfuse_kwargs = {
                 "public_key": pk,
                 "secret_key": "unused",
-                "span_exporter": _otlp_exporter(primary, timeout),
+                "span_exporter": _exporter(primary, timeout, backlog_bytes),
             }
 
         with owned:  # the client's processors export by Langfuse's default filter
@@ -299,11 +328,12 @@ def build_client(
             )
             wire_client(
                 client,
-                [_otlp_exporter(destination, timeout) for destination in extra],
+                [_exporter(destination, timeout, backlog_bytes) for destination in extra],
                 schedule_delay_millis=flush_interval * 1000,
                 max_export_batch_size=flush_at,
                 export_timeout_millis=timeout * 1000,
             )
+        watch_provider(provider)
         names = ", ".join(d.name for d in destinations) or "injected exporter"
         logger.info("lemma_middleware: exporting traces to %s", names)
         _clients[key] = client

@@ -149,6 +149,8 @@ class TracingOptions:
     trace_id_header: bytes | None
     """Lower-cased, latin-1."""
     continue_upstream_trace: bool
+    flush_timeout: float
+    """Seconds a lifespan shutdown or the process exit may spend delivering traces."""
 
     @property
     def wants_request(self) -> bool:
@@ -181,6 +183,7 @@ class TracingOptions:
         trace_id_header: str | None = "x-trace-id",
         continue_upstream_trace: bool = False,
         service_name: str | None = None,
+        flush_timeout: float = 5.0,
     ) -> TracingOptions:
         """Validate and compile the options (the README's table documents each)."""
         env_agent = os.environ.get("LEMMA_AGENT_NAME")
@@ -210,6 +213,14 @@ class TracingOptions:
             raise OptionError(
                 f"max_body_bytes={max_body_bytes!r}: expected a number of bytes, e.g. 65536"
             ) from None
+        try:
+            flush_seconds = float(flush_timeout)
+        except (TypeError, ValueError):
+            flush_seconds = -1.0
+        if not 0 < flush_seconds < float("inf"):
+            raise OptionError(
+                f"flush_timeout={flush_timeout!r}: expected a positive number of seconds, e.g. 5"
+            )
         return cls(
             agent_name=agent,
             thread_headers=headers[0],
@@ -236,6 +247,7 @@ class TracingOptions:
             output_from=output_from,
             trace_id_header=trace_id_header.lower().encode("latin-1") if trace_id_header else None,
             continue_upstream_trace=continue_upstream_trace,
+            flush_timeout=flush_seconds,
         )
 
 
@@ -266,6 +278,7 @@ class Options(TypedDict, total=False):
     trace_id_header: str | None
     continue_upstream_trace: bool
     service_name: str | None
+    flush_timeout: float
 
 
 OPTION_NAMES: tuple[str, ...] = tuple(inspect.signature(TracingOptions.compile).parameters)

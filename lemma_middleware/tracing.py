@@ -18,6 +18,7 @@ from typing import Any
 from asgiref.sync import async_to_sync, sync_to_async
 from langfuse import Langfuse
 
+from . import delivery
 from .export import build_client, wire_client
 from .logs import call_guarded, logger, report_callback_error, report_untraced
 from .options import TracingOptions, compile_options, valid_environment
@@ -39,6 +40,7 @@ class Tracing:
     def __init__(self, **options: Any) -> None:
         """``options``: those of :meth:`TracingOptions.compile` (the README's table)."""
         compiled = compile_options(options)
+        delivery.set_exit_timeout(compiled.flush_timeout)
         client, access = self._client(compiled)
         self.langfuse: Langfuse | None = client
         self.access: ClientAccess = access
@@ -126,6 +128,10 @@ class Tracing:
             return None
 
     def flush(self) -> None:
-        """Export pending traces now (blocking; call off the request path)."""
+        """Export pending traces now, within ``flush_timeout`` (blocking; call off the
+        request path). What a destination that is down could not take stays in its backlog
+        (delivered later, or bounded at exit)."""
         if self.langfuse is not None and self.enabled:
-            self.langfuse.flush()
+            with delivery.deadline(self.options.flush_timeout):
+                self.langfuse.flush()
+                delivery.wait_for_backlogs()
