@@ -792,15 +792,15 @@ def outage_section(up: float, outage: float, rate: float) -> dict[str, tuple[int
     )
     lost: dict[str, tuple[int, int]] = {}
     for variant, log in logs.items():
-        served = len(log) + STARTUP_PROBES
+        served = len(log)  # POST /chat answered 200 (a variant may also trace its start-up probe)
         traces = received.get(variant, (0, 0))[1]
-        lost[variant] = (served, served - traces)
+        lost[variant] = (served, max(0, served - traces))
         p99s = []
         for (_, begin), (_, end) in itertools.pairwise(phases):
             took = sorted(seconds for started, seconds in log if begin <= started < end)
             p99s.append(f"{took[int(0.99 * (len(took) - 1))] * 1000:14.1f}ms" if took else "-")
         print(
-            f"{OUTAGE_VARIANTS[variant]:44} {served:7} {traces:7} {served - traces:6}  "
+            f"{OUTAGE_VARIANTS[variant]:44} {served:7} {traces:7} {lost[variant][1]:6}  "
             + " ".join(f"{p:>16}" for p in p99s)
         )
     return lost
@@ -814,8 +814,9 @@ def judge(
     wsgi: dict[str, float] | None,
     e2e: dict[str, Served] | None,
     memory: dict[str, float] | None,
+    outage: dict[str, tuple[int, int]] | None = None,
 ) -> None:
-    """The targets of the performance issue, judged on this run's own figures."""
+    """The targets of the performance and hardening issues, judged on this run's figures."""
     checks: list[tuple[str, bool, str]] = []
     if asgi:
         base = asgi["bare app"]
@@ -890,6 +891,9 @@ def judge(
     if memory:
         extra = memory["lemma"] - memory["bare"]
         checks.append(("streaming peak RSS within 20 MB of bare", extra <= 20, f"+{extra:.1f} MB"))
+    if outage:
+        served, lost = outage["lemma"]
+        checks.append(("30 s down + 30 s hanging: no trace lost", lost == 0, f"{lost} of {served}"))
     print("\nTargets (ratios from this run)")
     for name, ok, detail in checks:
         print(f"  {'MET ' if ok else 'MISS'}  {name:44} {detail}")
@@ -924,10 +928,13 @@ def main(argv: list[str] | None = None) -> int:
     if "batching" in sections:
         batching_section(seconds, args.connections, 1 if args.smoke else 3)
     memory = memory_section(megabytes) if "memory" in sections else None
-    if "outage" in sections:
+    outage = (
         outage_section(*((2.0, 3.0, 10.0) if args.smoke else (10.0, 30.0, 20.0)))
+        if "outage" in sections
+        else None
+    )
     if not args.smoke:
-        judge(asgi, wsgi, e2e, memory)
+        judge(asgi, wsgi, e2e, memory, outage)
     return 0
 
 

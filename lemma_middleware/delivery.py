@@ -136,7 +136,8 @@ class DeliveryStats:
     destination: str
     delivered: int = 0
     delivered_late: int = 0
-    """Delivered by a retry (included in ``delivered``)."""
+    """Delivered by a retry, or after waiting in the backlog for the destination to
+    recover (included in ``delivered``)."""
     dropped_backlog_full: int = 0
     dropped_rejected: int = 0
     dropped_at_exit: int = 0
@@ -254,8 +255,7 @@ class DeliveryExporter(SpanExporter):
             self._changed.notify_all()
         if left:
             logger.error(
-                "lemma_middleware: %s: %d spans not delivered at exit (%s; flush_timeout "
-                "reached)",
+                "lemma_middleware: %s: %d spans not delivered at exit (%s; flush_timeout reached)",
                 self.name,
                 left,
                 state,
@@ -334,7 +334,7 @@ class DeliveryExporter(SpanExporter):
         self.stats.backlog_bytes -= len(batch.payload)
         if delivered:
             self.stats.delivered += batch.spans
-            if batch.attempts > 1:
+            if batch.attempts > 1 or self.stats.down_since is not None:
                 self.stats.delivered_late += batch.spans
         if self.stats.down_since is not None and not self._backlog:
             self._recovered()
