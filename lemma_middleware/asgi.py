@@ -14,6 +14,7 @@ from .logs import logger, report_untraced
 from .options import OptionError, Options
 from .recording import UNREAD_BODY_WAIT, Exchange, RequestInfo
 from .request import RequestTrace
+from .sdk import FASTAPI_TELEMETRY_KEY
 from .tracing import Tracing
 
 
@@ -143,6 +144,10 @@ class TracedExchange(Exchange):
             await self.app(scope, self.receive, self.send)
             return
         error: BaseException | None = None
+        if tracing.framework_telemetry_idle():
+            # FastAPI's telemetry, inside the middleware, would restart the context from the
+            # request headers; it would record nothing anyone receives anyway.
+            scope[FASTAPI_TELEMETRY_KEY] = None
         token = trace.activate()
         try:
             await self.app(scope, self.receive_wrapper, self.send_wrapper)

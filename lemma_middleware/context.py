@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
@@ -21,6 +22,11 @@ if TYPE_CHECKING:
     from .request import RequestTrace
 
 ACTIVE_REQUEST = otel_context.create_key("lemma_middleware.request_trace")
+
+ENTERED: ContextVar[RequestTrace | None] = ContextVar("lemma_middleware_entered", default=None)
+"""The request an adapter is serving in this task or thread, kept apart from the
+OpenTelemetry context: a server instrumentation inside the middleware may replace that
+context (it restarts from the request headers), and this tells the processors it happened."""
 
 
 def current(context: Context | None = None) -> RequestTrace | None:

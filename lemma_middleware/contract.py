@@ -3,7 +3,9 @@
 ``check_traces(spans)`` groups spans by trace and applies every rule of
 ``shared/docs/trace-contract.md`` that can be read off the spans:
 
-* ``single-root``: exactly one span without a parent, and every parent present (no orphans);
+* ``single-root``: exactly one span without a parent, every parent present (no orphans), and
+  no child marked ``langfuse.internal.is_app_root`` (Langfuse shows such a child as a second
+  root of the trace);
 * ``agent-name``: the root carries a trace name and ``gen_ai.agent.name`` in snake_case,
   kebab-case or CamelCase;
 * ``input``: the root carries an input;
@@ -13,7 +15,10 @@
 * ``no-secrets``: no credential-looking value, and no sensitive field left unredacted, in any
   attribute;
 * ``propagated``: every child carries the root's thread, user and trace name;
-* ``typed``: every child says what it is (``langfuse.observation.type`` or ``gen_ai.*``).
+* ``typed``: every child says what it is, in a convention Langfuse maps to an observation
+  type: ``langfuse.observation.type``, ``gen_ai.*`` (OpenTelemetry GenAI),
+  ``openinference.span.kind`` (OpenInference), ``traceloop.span.kind`` or
+  ``llm.request.type`` (OpenLLMetry), ``ai.operationId`` (Vercel AI SDK).
 
 Spans may be :class:`~lemma_middleware.receiver.ReceivedSpan` (the inbox) or OpenTelemetry
 ``ReadableSpan`` objects (in-memory capture); see :func:`as_records`.
@@ -35,6 +40,14 @@ from .receiver import ReceivedSpan
 
 _CREDENTIAL = re.compile(r"\b(?:Bearer|Basic)\s+[A-Za-z0-9._~+/=-]{8,}|\bsk-[A-Za-z0-9_-]{16,}")
 _PROPAGATED = ("session.id", "user.id", "langfuse.trace.name")
+_TYPE_KEYS = (
+    "langfuse.observation.type",
+    "openinference.span.kind",
+    "traceloop.span.kind",
+    "llm.request.type",
+    "ai.operationId",
+)
+"""Attributes that tell Langfuse what an observation is (besides any ``gen_ai.*``)."""
 
 
 @dataclass(frozen=True)
@@ -133,6 +146,15 @@ def check_trace(spans: Sequence[ReceivedSpan], redactor: Redactor | None = None)
         fail("single-root", f"{len(roots)} spans without a parent (want exactly 1)")
     for orphan in orphans:
         fail("single-root", f"{orphan.name!r} has a parent that was never exported")
+    for child in spans:
+        if child.parent_span_id is not None and child.attributes.get(
+            "langfuse.internal.is_app_root"
+        ):
+            fail(
+                "single-root",
+                f"child {child.name!r} is marked langfuse.internal.is_app_root: Langfuse "
+                "shows it as a second root",
+            )
     for span in spans:
         for problem in _secret_problems(span, redactor):
             fail("no-secrets", problem)
@@ -164,7 +186,7 @@ def check_trace(spans: Sequence[ReceivedSpan], redactor: Redactor | None = None)
         for key in _PROPAGATED:
             if a.get(key) and child.attributes.get(key) != a[key]:
                 fail("propagated", f"child {child.name!r} lacks the root's {key}")
-        if "langfuse.observation.type" not in child.attributes and not any(
+        if not any(k in child.attributes for k in _TYPE_KEYS) and not any(
             k.startswith("gen_ai.") for k in child.attributes
         ):
             fail("typed", f"child {child.name!r} has no observation type")

@@ -8,6 +8,7 @@ processor, which marks spans without an exported parent as trace roots), Langfus
 
 from __future__ import annotations
 
+import logging
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -22,10 +23,10 @@ from opentelemetry import trace as otel_trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
-from opentelemetry.trace import SpanContext
+from opentelemetry.trace import SpanContext, SpanKind
 
-from .context import current, current_root_context
-from .logs import logger
+from .context import ENTERED, current, current_root_context
+from .logs import log_once, logger
 from .sdk import ShouldExport, add_processor_first, reparent
 
 
@@ -39,7 +40,8 @@ class ExportFilter:
     def __init__(self, public_key: str, should_export: ShouldExport | None = None) -> None:
         self.public_key = public_key
         self.should_export = should_export or is_default_export_span
-        self._default = self.should_export is is_default_export_span
+        self.is_default = self.should_export is is_default_export_span
+        """Whether this is Langfuse's default filter (which never exports framework spans)."""
         self._llm_scopes: dict[str | None, bool] = {}
 
     def __call__(self, span: ReadableSpan) -> bool:
@@ -47,7 +49,7 @@ class ExportFilter:
             scope = span.instrumentation_scope
             attributes = scope.attributes if scope is not None else None
             return attributes is not None and attributes.get("public_key") == self.public_key
-        if self._default:
+        if self.is_default:
             scope_name = span.instrumentation_scope.name if span.instrumentation_scope else None
             known = self._llm_scopes.get(scope_name)
             if known is None:
@@ -65,6 +67,7 @@ class DestinationProcessor(BatchSpanProcessor):
     def __init__(self, exporter: SpanExporter, exported: ExportFilter, **kwargs: Any) -> None:
         super().__init__(exporter, **kwargs)
         self._exported = exported
+        self.exports_by_langfuse_filter = exported.is_default
 
     def on_end(self, span: ReadableSpan) -> None:
         if self._exported(span):
@@ -79,6 +82,8 @@ class ExportedAncestryProcessor(SpanProcessor):
     It must run before the Langfuse span processor, which marks spans without an exported
     parent as trace roots.
     """
+
+    exports_by_langfuse_filter = True  # it exports nothing
 
     def __init__(
         self,
@@ -133,12 +138,18 @@ class RequestScopeProcessor(SpanProcessor):
     any identity bound late (bind(), auth user). Runs after the Langfuse span processor.
     Spans that are not exported (a framework's own) are left untouched."""
 
+    exports_by_langfuse_filter = True  # it exports nothing
+
     def __init__(self, exported: ExportFilter) -> None:
         self._exported = exported
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         active = current(parent_context)
-        if active is None or span is active.span:
+        if active is None:
+            if span.kind is SpanKind.SERVER and ENTERED.get() is not None:
+                _report_detached(span)
+            return
+        if span is active.span:
             return
         if span.context.trace_id != active.span_context.trace_id:
             return
@@ -151,6 +162,20 @@ class RequestScopeProcessor(SpanProcessor):
 
     def on_end(self, span: ReadableSpan) -> None:
         return None
+
+
+def _report_detached(span: Span) -> None:
+    scope = span.instrumentation_scope.name if span.instrumentation_scope else "?"
+    log_once(
+        f"detached:{scope}",
+        logging.WARNING,
+        "lemma_middleware: %r started a server span of its own inside a traced request (it "
+        "takes its parent from the request headers only), so what runs under it is not part "
+        "of the request's trace. Put LemmaMiddleware inside it: app.add_middleware("
+        "LemmaMiddleware, ...) for FastAPI's native telemetry or OpenTelemetry's ASGI "
+        "middleware (or FastAPI(telemetry={'tracing': False}))",
+        scope,
+    )
 
 
 _wired: weakref.WeakKeyDictionary[TracerProvider, set[str]] = weakref.WeakKeyDictionary()

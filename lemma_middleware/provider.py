@@ -29,9 +29,14 @@ from opentelemetry import trace as otel_trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
-from opentelemetry.trace import Link, NonRecordingSpan, Span, SpanKind, Tracer
+from opentelemetry.trace import Link, NonRecordingSpan, Span, SpanContext, SpanKind, Tracer
 
 from .logs import logger
+from .sdk import (
+    exports_framework_spans,
+    fastapi_honours_telemetry_key,
+    telemetry_pipelines_configured,
+)
 
 FRAMEWORK_SCOPES: frozenset[str] = frozenset(
     {
@@ -126,7 +131,7 @@ class PassThroughTracer(Tracer):
                 record_exception,
                 set_status_on_exception,
             )
-        return NonRecordingSpan(otel_trace.get_current_span(context).get_span_context())
+        return NonRecordingSpan(_parent_context(context))
 
     def start_as_current_span(  # type: ignore[override]
         self,
@@ -152,7 +157,9 @@ class PassThroughTracer(Tracer):
             record_exception,
             set_status_on_exception,
         )
-        if context is None and not self._provider.records_framework_spans:
+        if not self._provider.records_framework_spans and (
+            context is None or not otel_trace.get_current_span(context).get_span_context().is_valid
+        ):
             return _Yield(span)  # the parent's context, already current
         return otel_trace.use_span(
             span,
@@ -160,6 +167,17 @@ class PassThroughTracer(Tracer):
             record_exception=record_exception,
             set_status_on_exception=set_status_on_exception,
         )
+
+
+def _parent_context(context: Context | None) -> SpanContext:
+    """The span context a framework span started with ``context`` would have as parent. A
+    server instrumentation passes the context it extracted from the request headers alone:
+    without a ``traceparent`` that holds no span, and the current one (the request's root,
+    when the middleware wraps the framework) is the parent instead."""
+    parent = otel_trace.get_current_span(context).get_span_context()
+    if context is not None and not parent.is_valid:
+        return otel_trace.get_current_span().get_span_context()
+    return parent
 
 
 class _Yield(AbstractContextManager[Span]):
@@ -200,3 +218,20 @@ def provider_for(
     provider = OwnedTracerProvider(resource=Resource.create(attributes))
     otel_trace.set_tracer_provider(provider)
     return provider
+
+
+def framework_telemetry_idle(provider: TracerProvider | None) -> bool:
+    """True while a framework's native telemetry would produce nothing anyone receives: no
+    span processor on ``provider`` exports framework spans (only Langfuse's default filter
+    and the middleware's own) and no SDK meter or logger provider is installed. The ASGI
+    adapter then serves FastAPI apps without their telemetry, which would otherwise restart
+    the trace context from the request headers inside the middleware."""
+    if provider is None:
+        return False
+    if isinstance(provider, OwnedTracerProvider) and provider.records_framework_spans:
+        return False
+    return (
+        fastapi_honours_telemetry_key()
+        and not exports_framework_spans(provider)
+        and not telemetry_pipelines_configured()
+    )

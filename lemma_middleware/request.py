@@ -37,7 +37,7 @@ from .attributes import (
     root_attributes,
     span_attributes,
 )
-from .context import ACTIVE_REQUEST
+from .context import ACTIVE_REQUEST, ENTERED
 from .identity import (
     Identity,
     IdentitySources,
@@ -194,12 +194,14 @@ class RequestTrace:
     def activate(self) -> object:
         """Make the root and the propagated attributes current; pass the result to
         :meth:`deactivate` in the same thread/task."""
-        return otel_context.attach(self.context)
+        return otel_context.attach(self.context), ENTERED.set(self)
 
     @staticmethod
-    def deactivate(token: object) -> None:
+    def deactivate(token: Any) -> None:
         """Undo :meth:`activate`."""
-        otel_context.detach(token)  # type: ignore[arg-type]
+        context_token, entered_token = token
+        otel_context.detach(context_token)
+        ENTERED.reset(entered_token)
 
     # end ----------------------------------------------------------------------
 

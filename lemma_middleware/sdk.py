@@ -28,12 +28,19 @@ _active_span_processor``        processor before Langfuse's   spans may be marke
 _batch_processor._exporter``,   hold media skip Langfuse's    media pass (public behaviour,
 ``LangfuseTransforming          media pass (an identical      slower export)
 SpanExporter._exporter``        copy of every span)
+FastAPI's ``scope["fastapi.     skipping FastAPI's native     FastAPI's telemetry runs; wrapped
+telemetry"]`` key, the OTel     telemetry when nothing        by the middleware, it starts a
+API's default meter/logger      would receive what it         detached trace (warned, with the
+provider classes, ``Langfuse    records                       fix)
+SpanProcessor._should_export
+_span``
 ==============================  ============================  =====================================
 """
 
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -43,6 +50,7 @@ from langfuse import Langfuse, propagate_attributes
 from langfuse._client import propagation as langfuse_propagation
 from langfuse._client.span_exporter import LangfuseTransformingSpanExporter
 from langfuse._client.span_processor import LangfuseSpanProcessor
+from langfuse.span_filter import is_default_export_span
 from opentelemetry import context as otel_context
 from opentelemetry import trace as otel_trace
 from opentelemetry.context import Context
@@ -411,3 +419,76 @@ def propagation_context(base: Context, arguments: dict[str, Any]) -> Context:
     if direct_propagation_works():
         return _direct_propagation(base, arguments)
     return _public_propagation(base, arguments)
+
+
+# FastAPI's native telemetry -------------------------------------------------------------
+
+FASTAPI_TELEMETRY_KEY = "fastapi.telemetry"
+"""A scope carrying this key is served by FastAPI without its native telemetry (FastAPI
+sets it itself for excluded requests and mounted apps)."""
+
+
+@cache
+def fastapi_honours_telemetry_key() -> bool:
+    """Whether the installed FastAPI skips its telemetry for a scope with the key."""
+    try:
+        import inspect
+
+        import fastapi.telemetry  # noqa: F401  (a FastAPI with native telemetry)
+        from fastapi import FastAPI
+    except ImportError:
+        return False  # no FastAPI, or one without native telemetry: nothing to skip
+    try:
+        source = inspect.getsource(FastAPI.__call__)
+    except (OSError, TypeError):
+        source = ""
+    if FASTAPI_TELEMETRY_KEY in source:
+        return True
+    _missing(
+        "FastAPI's scope['fastapi.telemetry'] key",
+        "FastAPI's native telemetry runs inside the middleware when it wraps the app",
+    )
+    return False
+
+
+def exports_framework_spans(provider: TracerProvider) -> bool:
+    """Whether any span processor on ``provider`` could export a web framework's spans: True
+    unless every one exports by Langfuse's default filter (Langfuse's own processors with
+    that filter, and processors marked ``exports_by_langfuse_filter``), or when the
+    processors cannot be read."""
+    if not check_span_internals()[1]:
+        return True
+    processors: Any = provider._active_span_processor._span_processors
+    known = _langfuse_filtered.get(provider)
+    if known is not None and known[0] is processors:
+        return known[1]
+    exports = not all(
+        getattr(p, "exports_by_langfuse_filter", False)
+        or (
+            isinstance(p, LangfuseSpanProcessor)
+            and getattr(p, "_should_export_span", None) is is_default_export_span
+        )
+        for p in processors
+    )
+    _langfuse_filtered[provider] = (processors, exports)
+    return exports
+
+
+_langfuse_filtered: weakref.WeakKeyDictionary[TracerProvider, tuple[Any, bool]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def telemetry_pipelines_configured() -> bool:
+    """True when a meter or logger provider other than the OpenTelemetry API's default is
+    installed globally (what FastAPI's telemetry would feed besides spans)."""
+    try:
+        from opentelemetry import _logs, metrics
+
+        providers = (metrics.get_meter_provider(), _logs.get_logger_provider())
+    except Exception:
+        return True
+    return any(
+        not type(p).__module__.startswith(("opentelemetry.metrics", "opentelemetry._logs"))
+        for p in providers
+    )

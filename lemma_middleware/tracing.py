@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from asgiref.sync import async_to_sync, sync_to_async
@@ -22,6 +23,7 @@ from . import delivery
 from .export import build_client, wire_client
 from .logs import call_guarded, logger, report_callback_error, report_untraced
 from .options import TracingOptions, compile_options, valid_environment
+from .provider import framework_telemetry_idle
 from .recording import Recorder, RequestInfo
 from .request import RequestTrace
 from .sdk import ClientAccess
@@ -72,6 +74,9 @@ class Tracing:
             (name, f if _is_async(f) else sync_to_async(f, thread_sensitive=False))
             for name, f in callables
         ]
+        self.framework_telemetry_idle = partial(framework_telemetry_idle, access.provider)
+        """True while FastAPI's native telemetry would record nothing anyone receives (the
+        ASGI adapter then serves the request without it; see :mod:`.provider`)."""
         self.awaits_callables = bool(callables)
         """Whether :meth:`start_async` has anything to await (else :meth:`start` will do)."""
         if not self.enabled:

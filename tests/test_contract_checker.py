@@ -115,6 +115,13 @@ def test_a_good_trace_passes() -> None:
             ],
             "typed",
         ),
+        (
+            [
+                span("r", None, GOOD_ROOT),
+                span("c", "r", {**GOOD_CHILD, "langfuse.internal.is_app_root": True}),
+            ],
+            "single-root",
+        ),
     ],
     ids=[
         "sibling-roots",
@@ -131,6 +138,7 @@ def test_a_good_trace_passes() -> None:
         "wrong-thread-on-child",
         "no-user-on-child",
         "untyped-child",
+        "child-marked-app-root",
     ],
 )
 def test_each_kind_of_violation_is_caught_with_its_trace_id(
@@ -183,3 +191,20 @@ def test_assert_conformant_lists_every_violation() -> None:
     assert "user: root has no user.id" in str(failure.value)
     with pytest.raises(ContractViolation, match="no spans"):
         assert_conformant([])
+
+
+@pytest.mark.parametrize(
+    "typing",
+    [
+        {"langfuse.observation.type": "tool"},
+        {"gen_ai.operation.name": "chat"},
+        {"openinference.span.kind": "LLM"},
+        {"traceloop.span.kind": "task"},
+        {"llm.request.type": "chat"},
+        {"ai.operationId": "ai.generateText"},
+    ],
+    ids=lambda typing: next(iter(typing)),
+)
+def test_every_typing_convention_langfuse_maps_is_accepted(typing: dict[str, str]) -> None:
+    child = {k: v for k, v in GOOD_CHILD.items() if k != "langfuse.observation.type"} | typing
+    assert check_traces([span("r", None, GOOD_ROOT), span("c", "r", child)]) == []
