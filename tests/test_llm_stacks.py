@@ -1,0 +1,94 @@
+"""The LLM stacks people run, inside FastAPI (native telemetry on and off) and Flask, each in
+a process of its own (instrumentors use the global tracer provider), against a local fake
+OpenAI-compatible server and the real client libraries, exporting for real to a receiver on
+127.0.0.1: every request is one conformant trace whose LLM spans sit under the root and
+carry the request's thread and user."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from examples.demo import ROOT, start_uvicorn
+from lemma_middleware.contract import check_traces
+from lemma_middleware.receiver import OTLPReceiver, ReceivedSpan
+
+pytest.importorskip("openai", reason="the llm extra is not installed")
+
+STACKS = {  # stack -> the requests its app makes
+    "langfuse-openai": ["/chat", "/stream", "/embed", "/achat"],
+    "observe": ["/chat"],
+    "langchain": ["/chat"],
+    "langgraph": ["/chat"],
+    "openinference": ["/chat", "/respond"],
+    "openllmetry": ["/chat", "/respond"],
+    "agents": ["/chat"],
+}
+LLM_TYPES = {"generation", "embedding", "LLM", "EMBEDDING", "llm"}
+
+
+@pytest.fixture(scope="module")
+def fake_openai() -> Iterator[str]:
+    process, url = start_uvicorn("tests.fake_openai:app", dict(os.environ))
+    try:
+        yield f"{url}/v1"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=20)
+
+
+def is_llm_span(span: ReceivedSpan) -> bool:
+    a = span.attributes
+    kind = (
+        a.get("langfuse.observation.type")
+        or a.get("openinference.span.kind")
+        or a.get("llm.request.type")
+    )
+    return kind in LLM_TYPES or "gen_ai.request.model" in a or "gen_ai.system" in a
+
+
+@pytest.mark.parametrize("framework", ["fastapi", "fastapi-no-telemetry", "flask"])
+@pytest.mark.parametrize("stack", list(STACKS))
+def test_each_request_is_one_trace_with_its_llm_spans_under_the_root(
+    fake_openai: str, stack: str, framework: str
+) -> None:
+    paths = STACKS[stack]
+    with OTLPReceiver(keys={"pk-llm": "sk-llm"}) as receiver:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("LANGFUSE_", "LEMMA_"))}
+        env |= {
+            "LANGFUSE_PUBLIC_KEY": "pk-llm",
+            "LANGFUSE_SECRET_KEY": "sk-llm",
+            "LANGFUSE_HOST": receiver.base_url,
+            "OPENAI_BASE_URL": fake_openai,
+            "OPENAI_API_KEY": "fake-key",
+            "STACK": stack,
+            "FRAMEWORK": framework,
+            "REQUESTS": ",".join(paths),
+        }
+        run = subprocess.run(
+            [sys.executable, "-m", "tests.llm_app"],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert run.returncode == 0, run.stderr[-4000:]
+        spans = receiver.spans
+    roots = [s for s in spans if s.parent_span_id is None]
+    assert len(roots) == len(paths), sorted(s.name for s in spans)
+    violations = check_traces(spans)
+    assert not violations, [str(v) for v in violations]
+    for root in roots:
+        assert root.name == "support-agent"
+        trace = [s for s in spans if s.trace_id == root.trace_id and s is not root]
+        llm = [s for s in trace if is_llm_span(s)]
+        assert llm, (root.attributes.get("langfuse.trace.input"), [s.name for s in trace])
+        for span in trace:
+            assert span.attributes.get("session.id") == "conv-7", span.name
+            assert span.attributes.get("user.id") == "alice", span.name
