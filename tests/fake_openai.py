@@ -72,9 +72,7 @@ async def chat_completions(request: Request) -> Response:
             }
         )
     chunk = {**base, "object": "chat.completion.chunk"}
-    events = [
-        {**chunk, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}
-    ]
+    events = [{**chunk, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}]
     for word in answer.split(" "):
         events.append({**chunk, "choices": [{"index": 0, "delta": {"content": word + " "}}]})
     events.append({**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
