@@ -41,7 +41,7 @@ from .delivery import DEFAULT_MAX_BACKLOG_BYTES, DeliveryExporter, OTLPHTTPSende
 from .logs import log_once, logger
 from .processors import DestinationProcessor, ExportFilter, wire_provider
 from .provider import OwnedTracerProvider, provider_for
-from .sdk import ClientAccess, inspect_client, screen_media_pass
+from .sdk import ClientAccess, inspect_client, langfuse_client_exists, screen_media_pass
 
 LEMMA_DEFAULT_URL = "https://api.uselemma.ai/otel/v1/traces"
 
@@ -315,6 +315,16 @@ def build_client(
                 "span_exporter": _exporter(primary, timeout, backlog_bytes),
             }
 
+        if span_exporter is None and langfuse_client_exists(pk):
+            logger.warning(
+                "lemma_middleware: a Langfuse client for public key %s was created before the "
+                "middleware's (get_client() or CallbackHandler() at import time?); Langfuse "
+                "keeps the first client's settings, so observations made through it are not "
+                "masked with the middleware's redaction and its export has no retry backlog. "
+                "Create the middleware's client first (build_client() at the top of your "
+                "module) or pass it: LemmaMiddleware(app, langfuse=build_client())",
+                pk,
+            )
         with owned:  # the client's processors export by Langfuse's default filter
             client = Langfuse(
                 tracer_provider=provider,

@@ -28,6 +28,9 @@ _active_span_processor``        processor before Langfuse's   spans may be marke
 _batch_processor._exporter``,   hold media skip Langfuse's    media pass (public behaviour,
 ``LangfuseTransforming          media pass (an identical      slower export)
 SpanExporter._exporter``        copy of every span)
+``LangfuseResourceManager.      noticing that a Langfuse      no warning that the client's
+_instances``                    client for the key exists     settings are not the middleware's
+                                already (its settings win)
 FastAPI's ``scope["fastapi.     skipping FastAPI's native     FastAPI's telemetry runs; wrapped
 telemetry"]`` key, the OTel     telemetry when nothing        by the middleware, it starts a
 API's default meter/logger      would receive what it         detached trace (warned, with the
@@ -492,3 +495,14 @@ def telemetry_pipelines_configured() -> bool:
         not type(p).__module__.startswith(("opentelemetry.metrics", "opentelemetry._logs"))
         for p in providers
     )
+
+
+def langfuse_client_exists(public_key: str) -> bool:
+    """Whether a Langfuse client for ``public_key`` was created in this process already
+    (Langfuse keeps the first one's settings for every later ``Langfuse(...)``)."""
+    try:
+        from langfuse._client.resource_manager import LangfuseResourceManager
+
+        return public_key in LangfuseResourceManager._instances
+    except Exception:
+        return False

@@ -74,6 +74,8 @@ def test_one_whole_trace_per_request_whatever_was_created_first(
     with OTLPReceiver(keys={"pk-start": "sk-start"}, bearer="lemma-key") as receiver:
         stderr = run_app(receiver, kind, PLACEMENT=placement, EARLY="1" if early else "0")
         assert "started a server span of its own" not in stderr
+        # Langfuse keeps the early client's settings: said, with the fix
+        assert ("was created before the middleware's" in stderr) is early, stderr[-2000:]
         per_destination = 2 if kind == "langfuse+lemma" else 1
         assert receiver.wait_for(lambda spans: len(spans) >= 3 * per_destination, 10)
     by_path: dict[str, list] = {}
