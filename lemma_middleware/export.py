@@ -194,6 +194,22 @@ def _env_number(name: str, kind: type[int] | type[float], default: float) -> Any
 
 _clients: dict[tuple[Any, ...], Langfuse] = {}
 _clients_lock = threading.Lock()
+_capturing: Langfuse | None = None
+"""While set (the ``lemma_production_traces`` fixture), :func:`build_client` called without
+an exporter or provider of its own returns it, so apps built in a test export to memory."""
+
+
+def capture_builds(client: Langfuse | None) -> None:
+    """Make :func:`build_client` return ``client`` (None: stop), for the testing helpers."""
+    global _capturing
+    _capturing = client
+
+
+def forget_client(client: Langfuse) -> None:
+    """Drop ``client`` from :func:`build_client`'s cache (the testing helpers' teardown)."""
+    with _clients_lock:
+        for key in [k for k, v in _clients.items() if v is client]:
+            del _clients[key]
 
 
 def build_client(
@@ -240,6 +256,8 @@ def build_client(
     error, 429 or 5xx, from a backlog of at most ``max_backlog_bytes`` compressed bytes
     (``LEMMA_EXPORT_BACKLOG_MB``, else 32 MB); see :mod:`lemma_middleware.delivery`.
     """
+    if _capturing is not None and span_exporter is None and tracer_provider is None:
+        return _capturing
     flush_at = flush_at or _env_number("LANGFUSE_FLUSH_AT", int, DEFAULT_FLUSH_AT)
     backlog_bytes = max_backlog_bytes or int(
         _env_number("LEMMA_EXPORT_BACKLOG_MB", float, DEFAULT_MAX_BACKLOG_BYTES / 2**20) * 2**20

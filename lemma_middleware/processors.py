@@ -27,7 +27,7 @@ from opentelemetry.trace import SpanContext, SpanKind
 
 from .context import ENTERED, current, current_root_context
 from .logs import log_once, logger
-from .sdk import ShouldExport, add_processor_first, reparent
+from .sdk import ShouldExport, add_processor_first, detach_client, reparent
 
 
 class ExportFilter:
@@ -178,7 +178,9 @@ def _report_detached(span: Span) -> None:
     )
 
 
-_wired: weakref.WeakKeyDictionary[TracerProvider, set[str]] = weakref.WeakKeyDictionary()
+_wired: weakref.WeakKeyDictionary[TracerProvider, dict[str, tuple[SpanProcessor, ...]]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def wire_provider(
@@ -187,11 +189,19 @@ def wire_provider(
     """Add the middleware's processors for one client to ``provider``, whose Langfuse
     processor is already there: ancestry first, request scope and ``extra`` after it.
     Once per provider and public key."""
-    keys = _wired.setdefault(provider, set())
-    if exported.public_key in keys:
+    wired = _wired.setdefault(provider, {})
+    if exported.public_key in wired:
         return
-    keys.add(exported.public_key)
-    add_processor_first(provider, ExportedAncestryProcessor(exported))
-    provider.add_span_processor(RequestScopeProcessor(exported))
-    for processor in extra:
+    added = (ExportedAncestryProcessor(exported), RequestScopeProcessor(exported), *extra)
+    wired[exported.public_key] = added
+    add_processor_first(provider, added[0])
+    for processor in added[1:]:
         provider.add_span_processor(processor)
+
+
+def unwire_provider(provider: TracerProvider, public_key: str) -> None:
+    """Take one client off ``provider``: its Langfuse processor and the middleware's."""
+    added = _wired.get(provider, {}).pop(public_key, ())
+    detach_client(provider, public_key, added)
+    for processor in added:
+        processor.shutdown()

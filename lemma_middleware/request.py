@@ -47,7 +47,7 @@ from .identity import (
 )
 from .logs import call_guarded, log_once
 from .recording import Exchange, Overrides, RequestInfo
-from .sdk import propagation_context
+from .sdk import CURRENT_PUBLIC_KEY, propagation_context
 
 if TYPE_CHECKING:
     from .tracing import Tracing
@@ -192,16 +192,24 @@ class RequestTrace:
     # context ------------------------------------------------------------------
 
     def activate(self) -> object:
-        """Make the root and the propagated attributes current; pass the result to
-        :meth:`deactivate` in the same thread/task."""
-        return otel_context.attach(self.context), ENTERED.set(self)
+        """Make the root and the propagated attributes current (and the middleware's client
+        the one ``get_client()`` returns); pass the result to :meth:`deactivate` in the same
+        thread/task."""
+        key = self.tracing.access.public_key
+        return (
+            otel_context.attach(self.context),
+            ENTERED.set(self),
+            CURRENT_PUBLIC_KEY.set(key) if CURRENT_PUBLIC_KEY is not None and key else None,
+        )
 
     @staticmethod
     def deactivate(token: Any) -> None:
         """Undo :meth:`activate`."""
-        context_token, entered_token = token
+        context_token, entered_token, key_token = token
         otel_context.detach(context_token)
         ENTERED.reset(entered_token)
+        if key_token is not None:
+            CURRENT_PUBLIC_KEY.reset(key_token)  # type: ignore[union-attr]
 
     # end ----------------------------------------------------------------------
 

@@ -28,6 +28,9 @@ _active_span_processor``        processor before Langfuse's   spans may be marke
 _batch_processor._exporter``,   hold media skip Langfuse's    media pass (public behaviour,
 ``LangfuseTransforming          media pass (an identical      slower export)
 SpanExporter._exporter``        copy of every span)
+``langfuse._client.get_client  making ``get_client()`` in a  with several clients in the
+._current_public_key``          request return the            process, ``get_client()`` without a
+                                middleware's client           key gives a disabled client
 ``LangfuseResourceManager.      noticing that a Langfuse      no warning that the client's
 _instances``                    client for the key exists     settings are not the middleware's
                                 already (its settings win)
@@ -45,6 +48,7 @@ from __future__ import annotations
 import logging
 import weakref
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import cache
 from typing import Any, cast
@@ -497,6 +501,27 @@ def telemetry_pipelines_configured() -> bool:
     )
 
 
+def detach_client(provider: TracerProvider, public_key: str, processors: Sequence[Any]) -> None:
+    """Take the Langfuse processor of ``public_key`` and ``processors`` off ``provider`` and
+    forget Langfuse's client for the key (the production capture of the testing helpers,
+    whose clients live on the process's global provider one test at a time)."""
+    if check_span_internals()[1]:
+        multi: Any = provider._active_span_processor
+        with multi._lock:
+            multi._span_processors = tuple(
+                p
+                for p in multi._span_processors
+                if p not in processors
+                and not (isinstance(p, LangfuseSpanProcessor) and p.public_key == public_key)
+            )
+    try:
+        from langfuse._client.resource_manager import LangfuseResourceManager
+
+        LangfuseResourceManager._instances.pop(public_key, None)
+    except Exception:
+        pass
+
+
 def langfuse_client_exists(public_key: str) -> bool:
     """Whether a Langfuse client for ``public_key`` was created in this process already
     (Langfuse keeps the first one's settings for every later ``Langfuse(...)``)."""
@@ -506,3 +531,26 @@ def langfuse_client_exists(public_key: str) -> bool:
         return public_key in LangfuseResourceManager._instances
     except Exception:
         return False
+
+
+def _current_public_key_variable() -> ContextVar[str | None] | None:
+    try:
+        from langfuse._client import get_client as get_client_module
+
+        variable = get_client_module._current_public_key
+    except Exception:
+        variable = None
+    if isinstance(variable, ContextVar):
+        return variable
+    _missing(
+        "langfuse._client.get_client._current_public_key",
+        "with several Langfuse clients in the process, get_client() inside a request "
+        "returns a disabled client",
+    )
+    return None
+
+
+CURRENT_PUBLIC_KEY = _current_public_key_variable()
+"""Langfuse's per-context public key: ``get_client()`` (``@observe``, integrations) without
+a key returns the client of this key. Set to the middleware's client's key while a request
+runs; None if this Langfuse version has no such variable."""

@@ -22,25 +22,41 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from .contract import Violation, assert_conformant, check_traces
-from .export import build_client
+from .export import build_client, capture_builds, forget_client
+from .processors import unwire_provider
+from .sdk import inspect_client
 
 _keys = itertools.count()
 
 
 class TraceCapture:
-    """A real Langfuse client exporting to memory, and views on what it exported."""
+    """A real Langfuse client exporting to memory, and views on what it exported.
 
-    def __init__(self) -> None:
+    By default on a tracer provider of its own: only what goes through ``client`` (the
+    middleware given ``langfuse=capture.client``, ``@observe``, ``start_observation``) is
+    seen. With ``production=True`` its export sits on the process's global provider, as the
+    middleware's does in production: FastAPI's native telemetry, OpenTelemetry
+    instrumentors (OpenInference, OpenLLMetry, ...) and ``get_client()`` reach it, and it
+    keeps exactly what Langfuse's export filter keeps; a middleware (or ``build_client()``)
+    created while it is open, without ``langfuse=``, uses it."""
+
+    def __init__(self, *, production: bool = False) -> None:
         self.exporter = InMemorySpanExporter()
-        self.provider = TracerProvider()
+        self.production = production
+        self.public_key = f"pk-lemma-test-{next(_keys)}"
         client = build_client(
             span_exporter=self.exporter,
-            tracer_provider=self.provider,
-            public_key=f"pk-lemma-test-{next(_keys)}",
+            tracer_provider=None if production else TracerProvider(),
+            public_key=self.public_key,
             flush_interval=0.05,
         )
         assert client is not None
         self.client: Langfuse = client
+        provider = inspect_client(client).provider
+        assert provider is not None
+        self.provider: TracerProvider = provider
+        if production:
+            capture_builds(client)
 
     def spans(self) -> list[ReadableSpan]:
         """Every exported span so far (flushes first)."""
@@ -76,14 +92,34 @@ class TraceCapture:
         self.exporter.clear()
 
     def close(self) -> None:
-        """Stop the export machinery."""
-        self.provider.shutdown()
+        """Stop the export machinery (a production capture leaves the global provider as
+        it found it)."""
+        if not self.production:
+            self.provider.shutdown()
+            return
+        capture_builds(None)
+        self.client.flush()
+        unwire_provider(self.provider, self.public_key)
+        forget_client(self.client)
 
 
 @pytest.fixture
 def lemma_traces() -> Iterator[TraceCapture]:
     """Captures the traces the code under test produces, in memory."""
     capture = TraceCapture()
+    try:
+        yield capture
+    finally:
+        capture.close()
+
+
+@pytest.fixture
+def lemma_production_traces() -> Iterator[TraceCapture]:
+    """Captures what the production setup exports: the global tracer provider, FastAPI's
+    native telemetry, instrumentors, Langfuse's export filter (``TraceCapture(production=
+    True)``). Build the app inside the test (or add the middleware with ``add_middleware``,
+    which builds it on the first request) so that the middleware uses the capture."""
+    capture = TraceCapture(production=True)
     try:
         yield capture
     finally:

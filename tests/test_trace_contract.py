@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import httpx
 import pytest
@@ -82,15 +83,24 @@ async def test_children_carry_the_propagated_attributes(captured: Captured) -> N
     assert json.loads(a["langfuse.trace.metadata.gen_ai.agent.name"]) == "support-agent"
 
 
-async def test_service_name_resource_defaults_to_the_agent_name() -> None:
-    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+def test_service_name_resource_defaults_to_the_agent_name() -> None:
+    """In a fresh process (the global provider is created once per process)."""
+    import subprocess
+    import sys
 
-    from lemma_middleware.provider import provider_for
-
-    provider = provider_for(None, "support-agent", "2.0")
-    assert provider.resource.attributes["service.name"] == "support-agent"
-    assert provider.resource.attributes["service.version"] == "2.0"
-    assert InMemorySpanExporter  # the global provider is the one FastAPI and LLM SDKs use
+    script = (
+        "from lemma_middleware.provider import provider_for\n"
+        "from opentelemetry import trace\n"
+        "provider = provider_for(None, 'support-agent', '2.0')\n"
+        "assert trace.get_tracer_provider() is provider\n"
+        "print(provider.resource.attributes['service.name'], "
+        "provider.resource.attributes['service.version'])\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OTEL_SERVICE_NAME"}
+    run = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True
+    )
+    assert run.stdout.split() == ["support-agent", "2.0"]
 
 
 async def test_upstream_traceparent_is_kept_as_metadata_not_as_parent(captured: Captured) -> None:
