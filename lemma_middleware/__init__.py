@@ -7,7 +7,7 @@ Everything users need is importable from here::
 
 from .asgi import LemmaMiddleware
 from .capture import DEFAULT_REDACT_FIELDS, REDACTED
-from .context import bind, current, get_trace_id, set_input, set_output
+from .context import bind, current, get_trace_id, outgoing_headers, set_input, set_output
 from .delivery import DeliveryStats, export_stats
 from .export import build_client, resolve_destinations
 from .flask_integration import LemmaFlask
@@ -37,6 +37,7 @@ __all__ = [
     "export_stats",
     "get_trace_id",
     "normalise_id",
+    "outgoing_headers",
     "resolve_destinations",
     "set_input",
     "set_output",

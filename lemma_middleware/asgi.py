@@ -129,6 +129,7 @@ class TracedExchange(Exchange):
                 headers=_header_map(scope["headers"]),
                 request=Request(scope) if tracing.options.wants_request else None,
                 auth_user=lambda: scope.get("user"),
+                client=(scope.get("client") or (None,))[0],
             )
         except Exception as problem:
             report_untraced(problem)

@@ -84,3 +84,26 @@ def get_trace_id() -> str | None:
     """The 32-hex trace id of the current request, or None outside a traced request."""
     active = current()
     return active.trace_id if active is not None else None
+
+
+def outgoing_headers() -> dict[str, str]:
+    """Headers that carry the current request to a service you call: ``traceparent`` (the
+    current span) and W3C ``baggage`` with its thread, user, tenant and propagated metadata,
+    as Langfuse's ``propagate_attributes(as_baggage=True)`` writes them. ``{}`` outside a
+    traced request. The receiving middleware uses them only from ``trusted_upstreams``::
+
+        httpx.post(url, json=payload, headers=outgoing_headers())
+    """
+    active = current()
+    if active is None:
+        return {}
+    try:
+        return active.outgoing_headers()
+    except Exception as error:
+        log_once(
+            f"outgoing:{type(error).__name__}",
+            logging.ERROR,
+            "lemma_middleware: outgoing_headers failed: %s",
+            error,
+        )
+        return {}

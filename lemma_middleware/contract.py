@@ -14,7 +14,9 @@
 * ``user``: the root carries ``user.id``;
 * ``no-secrets``: no credential-looking value, and no sensitive field left unredacted, in any
   attribute;
-* ``propagated``: every child carries the root's thread, user and trace name;
+* ``propagated``: every child carries the root's thread, user and trace name (across
+  services, a called service's root and its children carry their own agent name; a called
+  service's root may be an app root in Langfuse's sense);
 * ``typed``: every child says what it is, in a convention Langfuse maps to an observation
   type: ``langfuse.observation.type``, ``gen_ai.*`` (OpenTelemetry GenAI),
   ``openinference.span.kind`` (OpenInference), ``traceloop.span.kind`` or
@@ -146,9 +148,12 @@ def check_trace(spans: Sequence[ReceivedSpan], redactor: Redactor | None = None)
         fail("single-root", f"{len(roots)} spans without a parent (want exactly 1)")
     for orphan in orphans:
         fail("single-root", f"{orphan.name!r} has a parent that was never exported")
+    by_id = {s.span_id: s for s in spans}
     for child in spans:
-        if child.parent_span_id is not None and child.attributes.get(
-            "langfuse.internal.is_app_root"
+        if (
+            child.parent_span_id is not None
+            and child.attributes.get("langfuse.internal.is_app_root")
+            and not _enters_service(child, by_id)
         ):
             fail(
                 "single-root",
@@ -183,14 +188,43 @@ def check_trace(spans: Sequence[ReceivedSpan], redactor: Redactor | None = None)
     for child in spans:
         if child is root:
             continue
+        # A service's root continuing the trace of the service that called it carries its
+        # own agent name; its children carry it too. Thread and user are the conversation's.
+        local_root = _service_root(child, by_id)
         for key in _PROPAGATED:
-            if a.get(key) and child.attributes.get(key) != a[key]:
+            reference = (
+                a.get(key)
+                if local_root is root or key != "langfuse.trace.name"
+                else local_root.attributes.get(key)
+            )
+            if reference and child.attributes.get(key) != reference:
                 fail("propagated", f"child {child.name!r} lacks the root's {key}")
         if not any(k in child.attributes for k in _TYPE_KEYS) and not any(
             k.startswith("gen_ai.") for k in child.attributes
         ):
             fail("typed", f"child {child.name!r} has no observation type")
     return violations
+
+
+def _service(span: ReceivedSpan) -> object:
+    return span.resource.get("service.name")
+
+
+def _enters_service(span: ReceivedSpan, by_id: dict[str, ReceivedSpan]) -> bool:
+    """Whether ``span``'s parent was exported by another service (a call across services
+    that continues the caller's trace): ``span`` is that service's root."""
+    parent = by_id.get(span.parent_span_id or "")
+    return parent is not None and _service(parent) != _service(span)
+
+
+def _service_root(span: ReceivedSpan, by_id: dict[str, ReceivedSpan]) -> ReceivedSpan:
+    """The root of the part of the trace ``span``'s service exported: its nearest ancestor
+    (or itself) whose parent is missing or belongs to another service."""
+    seen = 0
+    while span.parent_span_id in by_id and not _enters_service(span, by_id) and seen < 10_000:
+        span = by_id[span.parent_span_id]
+        seen += 1
+    return span
 
 
 def check_traces(

@@ -19,12 +19,16 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
+
+from opentelemetry import baggage
+from opentelemetry.baggage.propagation import W3CBaggagePropagator
 
 from .logs import log_once
 
@@ -163,11 +167,54 @@ def identity_from_mapping(values: object) -> Identity | None:
     return layer
 
 
-class IdentitySources:
-    """The identity of one request, from four sources in rising precedence: headers, the
-    authenticated user (user id only), the identity resolver, and ``bind()``."""
+UPSTREAM_BAGGAGE_KEYS: dict[str, tuple[str, ...]] = {
+    "thread_id": ("langfuse_session_id", "langfuse_metadata_lemma.thread_id"),
+    "user_id": ("langfuse_user_id",),
+    "tenant_id": ("langfuse_metadata_tenant_id",),
+}
+"""W3C baggage entries an upstream service writes (Langfuse's ``propagate_attributes(
+as_baggage=True)``, this middleware's ``propagate_downstream``), per identity field."""
 
-    ORDER = ("header", "auth", "resolver", "bind")
+
+def identity_from_baggage(header: str | None) -> Identity | None:
+    """An identity layer from a trusted upstream's ``baggage`` header; None if it has none."""
+    if not header:
+        return None
+    entries = baggage.get_all(W3CBaggagePropagator().extract({"baggage": header}))
+    found: dict[str, str] = {}
+    for name, keys in UPSTREAM_BAGGAGE_KEYS.items():
+        for key in keys:
+            value = entries.get(key)
+            if isinstance(value, str) and value:
+                found[name] = _unquoted(value)
+                break
+    if not found:
+        return None
+    layer = Identity()
+    layer.merge(
+        thread_id=found.get("thread_id"),
+        user_id=found.get("user_id"),
+        tenant_id=found.get("tenant_id"),
+    )
+    return layer
+
+
+def _unquoted(value: str) -> str:
+    """Langfuse writes metadata values JSON-encoded (``"acme"``); ids come bare."""
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        with contextlib.suppress(ValueError):
+            decoded = json.loads(value)
+            if isinstance(decoded, str):
+                return decoded
+    return value
+
+
+class IdentitySources:
+    """The identity of one request, from five sources in rising precedence: headers, the
+    authenticated user (user id only), a trusted upstream's baggage, the identity resolver,
+    and ``bind()``."""
+
+    ORDER = ("header", "auth", "upstream", "resolver", "bind")
 
     __slots__ = ("_effective", "_layers")
 

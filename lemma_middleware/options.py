@@ -13,6 +13,7 @@ import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 from types import MappingProxyType
 from typing import Any, TypedDict
 
@@ -151,6 +152,19 @@ class TracingOptions:
     continue_upstream_trace: bool
     flush_timeout: float
     """Seconds a lifespan shutdown or the process exit may spend delivering traces."""
+    propagate_downstream: bool
+    trusted_upstreams: tuple[IPv4Network | IPv6Network, ...]
+    """Peers whose W3C baggage identity (and ``traceparent``) the middleware accepts."""
+
+    def trusts(self, client: str | None) -> bool:
+        """Whether a request from peer address ``client`` comes from a trusted upstream."""
+        if not self.trusted_upstreams or not client:
+            return False
+        try:
+            address = ip_address(client)
+        except ValueError:
+            return False
+        return any(address in network for network in self.trusted_upstreams)
 
     @property
     def wants_request(self) -> bool:
@@ -184,6 +198,8 @@ class TracingOptions:
         continue_upstream_trace: bool = False,
         service_name: str | None = None,
         flush_timeout: float = 5.0,
+        propagate_downstream: bool = False,
+        trusted_upstreams: Iterable[str] = (),
     ) -> TracingOptions:
         """Validate and compile the options (the README's table documents each)."""
         env_agent = os.environ.get("LEMMA_AGENT_NAME")
@@ -221,6 +237,15 @@ class TracingOptions:
             raise OptionError(
                 f"flush_timeout={flush_timeout!r}: expected a positive number of seconds, e.g. 5"
             )
+        if isinstance(trusted_upstreams, str):
+            trusted_upstreams = [trusted_upstreams]
+        try:
+            networks = tuple(ip_network(entry.strip(), strict=False) for entry in trusted_upstreams)
+        except (TypeError, ValueError, AttributeError):
+            raise OptionError(
+                f"trusted_upstreams={trusted_upstreams!r}: expected IP addresses or networks, "
+                "e.g. ['10.0.0.0/8', '127.0.0.1']"
+            ) from None
         return cls(
             agent_name=agent,
             thread_headers=headers[0],
@@ -248,6 +273,8 @@ class TracingOptions:
             trace_id_header=trace_id_header.lower().encode("latin-1") if trace_id_header else None,
             continue_upstream_trace=continue_upstream_trace,
             flush_timeout=flush_seconds,
+            propagate_downstream=bool(propagate_downstream),
+            trusted_upstreams=networks,
         )
 
 
@@ -279,6 +306,8 @@ class Options(TypedDict, total=False):
     continue_upstream_trace: bool
     service_name: str | None
     flush_timeout: float
+    propagate_downstream: bool
+    trusted_upstreams: Iterable[str]
 
 
 OPTION_NAMES: tuple[str, ...] = tuple(inspect.signature(TracingOptions.compile).parameters)

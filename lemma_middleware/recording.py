@@ -35,6 +35,8 @@ class RequestInfo:
     """What user callables receive: a Starlette ``Request`` (ASGI) or the WSGI environ."""
     auth_user: Callable[[], Any] | None = None
     """Returns the authenticated user of the request, when the framework knows it."""
+    client: str | None = None
+    """The peer's address as the server sees it (behind a proxy: the proxy's)."""
 
 
 _CONTENT_TYPE = ("content-type", b"content-type")

@@ -15,7 +15,7 @@ import logging
 import re
 from typing import TYPE_CHECKING, Any
 
-from opentelemetry import baggage
+from opentelemetry import baggage, propagate
 from opentelemetry import context as otel_context
 from opentelemetry import trace as otel_trace
 from opentelemetry.context import Context
@@ -42,12 +42,13 @@ from .identity import (
     Identity,
     IdentitySources,
     first_header,
+    identity_from_baggage,
     identity_from_mapping,
     user_id_from_auth_user,
 )
 from .logs import call_guarded, log_once
 from .recording import Exchange, Overrides, RequestInfo
-from .sdk import CURRENT_PUBLIC_KEY, propagation_context
+from .sdk import CURRENT_PUBLIC_KEY, downstream_context, propagation_context
 
 if TYPE_CHECKING:
     from .tracing import Tracing
@@ -86,6 +87,9 @@ class RequestTrace:
         self.identity = IdentitySources(from_headers)
         self._auth_pending = options.use_auth_user and request.auth_user is not None
         self._check_auth_user()
+        self.trusted_upstream = options.trusts(request.client)
+        if self.trusted_upstream:
+            self.identity.set("upstream", identity_from_baggage(headers.get("baggage")))
         self.identity.set("resolver", identity_from_mapping(resolved))
         name = agent_name if callable(options.agent_name) else options.agent_name
         self.agent_name = str(name or "agent")
@@ -106,13 +110,12 @@ class RequestTrace:
 
         # The context the request's code runs in: the root, the propagated attributes
         # (Langfuse's processor writes them on every child), and this.
-        self.context: Context = otel_context.set_value(
-            ACTIVE_REQUEST,
-            self,
-            propagation_context(
-                otel_trace.set_span_in_context(span, fresh), propagate_arguments(values)
-            ),
+        propagated = propagation_context(
+            otel_trace.set_span_in_context(span, fresh), propagate_arguments(values)
         )
+        if options.propagate_downstream:  # thread, user, tenant as W3C baggage too
+            propagated = downstream_context(propagated, propagate_arguments(values))
+        self.context: Context = otel_context.set_value(ACTIVE_REQUEST, self, propagated)
         self.child_attributes: dict[str, str] = raw_attributes(values)
 
     def _upstream_parent(
@@ -125,7 +128,10 @@ class RequestTrace:
         trace_id, span_id = upstream.group(1), upstream.group(2)
         attributes[METADATA_PREFIX + "upstream.trace_id"] = f'"{trace_id}"'
         attributes[METADATA_PREFIX + "upstream.span_id"] = f'"{span_id}"'
-        if not self.tracing.options.continue_upstream_trace:
+        options = self.tracing.options
+        if not options.continue_upstream_trace or (
+            options.trusted_upstreams and not self.trusted_upstream
+        ):
             return fresh
         remote = SpanContext(
             int(trace_id, 16),
@@ -210,6 +216,14 @@ class RequestTrace:
         ENTERED.reset(entered_token)
         if key_token is not None:
             CURRENT_PUBLIC_KEY.reset(key_token)  # type: ignore[union-attr]
+
+    def outgoing_headers(self) -> dict[str, str]:
+        """``traceparent`` (the current span) and W3C ``baggage`` (thread, user, tenant and
+        the propagated metadata as they are now) for a call to another service."""
+        context = downstream_context(otel_context.get_current(), propagate_arguments(self.values()))
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier, context=context)
+        return carrier
 
     # end ----------------------------------------------------------------------
 

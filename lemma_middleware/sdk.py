@@ -428,6 +428,17 @@ def propagation_context(base: Context, arguments: dict[str, Any]) -> Context:
     return _public_propagation(base, arguments)
 
 
+def downstream_context(base: Context, arguments: dict[str, Any]) -> Context:
+    """``base`` with ``arguments`` also as W3C baggage entries, exactly as Langfuse's
+    ``propagate_attributes(as_baggage=True)`` writes them (public API)."""
+    token = otel_context.attach(base)
+    try:
+        with propagate_attributes(**arguments, as_baggage=True):
+            return otel_context.get_current()
+    finally:
+        otel_context.detach(token)
+
+
 # FastAPI's native telemetry -------------------------------------------------------------
 
 FASTAPI_TELEMETRY_KEY = "fastapi.telemetry"

@@ -213,6 +213,7 @@ class TracedWSGIExchange(Exchange):
                 headers=EnvironHeaders(environ),
                 request=environ,
                 auth_user=lambda: framework.auth_user(environ),
+                client=environ.get("REMOTE_ADDR"),
             )
         )
 

@@ -33,10 +33,15 @@ GOOD_CHILD = {
 
 
 def span(
-    span_id: str, parent: str | None, attributes: dict[str, Any], trace_id: str = "t" * 32
+    span_id: str,
+    parent: str | None,
+    attributes: dict[str, Any],
+    trace_id: str = "t" * 32,
+    service: str = "front",
 ) -> ReceivedSpan:
+    resource = {"service.name": service}
     return ReceivedSpan(
-        trace_id, span_id, parent, f"span-{span_id}", 0, 1, attributes, {}, "langfuse-sdk", 0
+        trace_id, span_id, parent, f"span-{span_id}", 0, 1, attributes, resource, "langfuse-sdk", 0
     )
 
 
@@ -208,3 +213,23 @@ def test_assert_conformant_lists_every_violation() -> None:
 def test_every_typing_convention_langfuse_maps_is_accepted(typing: dict[str, str]) -> None:
     child = {k: v for k, v in GOOD_CHILD.items() if k != "langfuse.observation.type"} | typing
     assert check_traces([span("r", None, GOOD_ROOT), span("c", "r", child)]) == []
+
+
+def test_a_called_service_continuing_the_trace_is_one_conformant_trace() -> None:
+    """Service B's root continues A's trace: it is an app root of its own, with its own agent
+    name, and its children carry B's name; thread and user are the conversation's."""
+    b_root = {
+        **GOOD_CHILD,
+        "langfuse.trace.name": "billing-agent",
+        "langfuse.observation.type": "agent",
+        "langfuse.internal.is_app_root": True,
+    }
+    b_child = {**GOOD_CHILD, "langfuse.trace.name": "billing-agent"}
+    spans = [
+        span("a", None, GOOD_ROOT),
+        span("b", "a", b_root, service="billing"),
+        span("c", "b", b_child, service="billing"),
+    ]
+    assert check_traces(spans) == []
+    same_service = [span("a", None, GOOD_ROOT), span("b", "a", b_root)]
+    assert "single-root" in rules(same_service)
