@@ -41,7 +41,13 @@ from .delivery import DEFAULT_MAX_BACKLOG_BYTES, DeliveryExporter, OTLPHTTPSende
 from .logs import log_once, logger
 from .processors import DestinationProcessor, ExportFilter, wire_provider
 from .provider import OwnedTracerProvider, provider_for
-from .sdk import ClientAccess, inspect_client, langfuse_client_exists, screen_media_pass
+from .sdk import (
+    ClientAccess,
+    inspect_client,
+    keyless_client_created,
+    langfuse_client_exists,
+    screen_media_pass,
+)
 
 LEMMA_DEFAULT_URL = "https://api.uselemma.ai/otel/v1/traces"
 
@@ -333,6 +339,14 @@ def build_client(
                 "span_exporter": _exporter(primary, timeout, backlog_bytes),
             }
 
+        if span_exporter is None and langfuse_destination is None and keyless_client_created():
+            logger.warning(
+                "lemma_middleware: a Langfuse client was created before the middleware's, with "
+                "no Langfuse keys (get_client() or CallbackHandler() at import time?); it stays "
+                "disabled and nothing recorded through it is exported. With Lemma or OTLP "
+                "destinations only, call get_client() inside your handlers, or create the "
+                "middleware's client first (build_client() at the top of your module)"
+            )
         if span_exporter is None and langfuse_client_exists(pk):
             logger.warning(
                 "lemma_middleware: a Langfuse client for public key %s was created before the "

@@ -31,6 +31,9 @@ SpanExporter._exporter``        copy of every span)
 ``langfuse._client.get_client  making ``get_client()`` in a  with several clients in the
 ._current_public_key``          request return the            process, ``get_client()`` without a
                                 middleware's client           key gives a disabled client
+the text of Langfuse's          noticing a client created     no warning that it stays
+"initialized without            before the middleware's       disabled
+public_key" log line            with no key (Lemma/OTLP only)
 ``LangfuseResourceManager.      noticing that a Langfuse      no warning that the client's
 _instances``                    client for the key exists     settings are not the middleware's
                                 already (its settings win)
@@ -565,3 +568,26 @@ CURRENT_PUBLIC_KEY = _current_public_key_variable()
 """Langfuse's per-context public key: ``get_client()`` (``@observe``, integrations) without
 a key returns the client of this key. Set to the middleware's client's key while a request
 runs; None if this Langfuse version has no such variable."""
+
+
+class _KeylessClientWatch(logging.Filter):
+    """Notices Langfuse's log line for a client created without a public key (a
+    module-level ``get_client()`` or ``CallbackHandler()`` before the middleware's client
+    exists, in a Lemma- or OTLP-only setup: that client stays disabled)."""
+
+    seen = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self.seen and "initialized without public_key" in str(record.msg):
+            self.seen = True
+        return True
+
+
+_keyless_watch = _KeylessClientWatch()
+logging.getLogger("langfuse").addFilter(_keyless_watch)
+
+
+def keyless_client_created() -> bool:
+    """Whether a Langfuse client without a public key was created in this process (seen
+    only if this module was imported first, as ``import lemma_middleware`` does)."""
+    return _keyless_watch.seen

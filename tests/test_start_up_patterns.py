@@ -104,3 +104,14 @@ def test_a_framework_that_detaches_the_trace_inside_the_middleware_is_reported_w
         assert "app.add_middleware(LemmaMiddleware" in stderr
         inside = run_app(receiver, "langfuse", PLACEMENT="add_middleware", USER_EXPORTER="1")
         assert "started a server span of its own" not in inside
+
+
+@pytest.mark.parametrize("kind", ["lemma", "otlp"])
+def test_a_keyless_client_created_first_is_reported_with_the_fix(kind: str) -> None:
+    """Without Langfuse keys, get_client() at import time gives a disabled client that the
+    app keeps; the tool span made through it is lost, and the middleware says why."""
+    with OTLPReceiver(keys={"pk-start": "sk-start"}, bearer="lemma-key") as receiver:
+        stderr = run_app(receiver, kind, PLACEMENT="add_middleware", EARLY="1")
+        assert "call get_client() inside your handlers" in stderr, stderr[-2000:]
+        assert receiver.wait_for(lambda spans: len(spans) >= 2, 10)
+    assert "lookup" not in {s.name for s in receiver.spans}  # what the warning is about
