@@ -13,7 +13,7 @@ gzips it and POSTs it:
   and the destination is *recovered* (one log line with how long it was down and how many
   spans were sent late).
 * Any other answer (400, 401, 403, 413, ...): the batch is rejected; its spans are dropped
-  and counted (a log line per status the first time, then on recovery).
+  and counted (one log line per status).
 
 The backlog is bounded in bytes (``max_backlog_bytes``, compressed payloads); a batch that
 does not fit is dropped, counted and logged, never blocking a request or the batch
