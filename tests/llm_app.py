@@ -133,7 +133,11 @@ def handlers() -> dict[str, Callable[[str], Any]]:
         def respond(message: str) -> str:
             return plain.responses.create(model=MODEL, input=message).output_text
 
-        return {"/chat": chat, "/respond": respond}
+        def respond_stream(message: str) -> str:
+            events = plain.responses.create(model=MODEL, input=message, stream=True)
+            return "".join(e.delta for e in events if e.type == "response.output_text.delta")
+
+        return {"/chat": chat, "/respond": respond, "/respond-stream": respond_stream}
     if STACK == "agents":
         from agents import Agent, Runner
 

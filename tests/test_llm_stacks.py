@@ -25,8 +25,8 @@ STACKS = {  # stack -> the requests its app makes
     "observe": ["/chat"],
     "langchain": ["/chat"],
     "langgraph": ["/chat"],
-    "openinference": ["/chat", "/respond"],
-    "openllmetry": ["/chat", "/respond"],
+    "openinference": ["/chat", "/respond", "/respond-stream"],
+    "openllmetry": ["/chat", "/respond", "/respond-stream"],
     "agents": ["/chat"],
 }
 LLM_TYPES = {"generation", "embedding", "LLM", "EMBEDDING", "llm"}
