@@ -1,9 +1,13 @@
 """``lemma-middleware`` (or ``python -m lemma_middleware``): the local inbox and its views.
 
-lemma-middleware inbox [--port 8787] [--key PK:SK] [--db FILE]   receive traces
-lemma-middleware threads [--json]                                list conversations
-lemma-middleware show THREAD_OR_TRACE_ID [--json]                print turns as trees
-lemma-middleware check [--json]                                  judge traces; exit 1 on violations
+lemma-middleware inbox [--port 8787] [--key PK:SK]   receive traces; web view on the same port
+lemma-middleware threads [--json]                    list conversations
+lemma-middleware show THREAD_OR_TRACE_ID [--json]    print turns as trees
+lemma-middleware check [--json]                      judge traces; exit 1 on violations, 2 on none
+
+Every command takes ``--db FILE`` (before or after the command; env ``LEMMA_INBOX_DB``;
+default ``~/.local/share/lemma-middleware/inbox.sqlite3``), so they all agree on the data
+wherever they run.
 """
 
 from __future__ import annotations
@@ -20,10 +24,10 @@ from collections.abc import Sequence
 
 from .contract import check_traces
 from .inbox import (
-    DEFAULT_DB,
     DEFAULT_PORT,
     Inbox,
     SpanStore,
+    default_db,
     render_tree,
     thread_summaries,
     turns_of,
@@ -46,6 +50,7 @@ def _inbox(args: argparse.Namespace) -> int:
     keys = _keys(args.key)
     inbox = Inbox(args.db, port=args.port, keys=keys, bearer=args.bearer)
     print(f"lemma-middleware inbox on {inbox.base_url} storing in {args.db}")
+    print(f"  web view: {inbox.base_url}/")
     print(f"  export here with LANGFUSE_HOST={inbox.base_url}")
     if not keys and args.bearer is None:
         print("  no keys configured: any credentials are accepted (use --key PK:SK to check them)")
@@ -94,8 +99,11 @@ def _show(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     spans = SpanStore(args.db).spans()
-    violations = check_traces(spans)
     traces = len({s.trace_id for s in spans})
+    if not traces:
+        print(f"no traces in {args.db}: nothing to check", file=sys.stderr)
+        return 2
+    violations = check_traces(spans)
     if args.json:
         print(json.dumps([dataclasses.asdict(v) for v in violations], indent=2))
     else:
@@ -114,11 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "--db",
-        default=os.environ.get("LEMMA_INBOX_DB", DEFAULT_DB),
-        help=f"SQLite file (env LEMMA_INBOX_DB, default {DEFAULT_DB})",
-    )
+    db_help = "SQLite file (env LEMMA_INBOX_DB, default ~/.local/share/lemma-middleware/)"
+    parser.add_argument("--db", help=db_help)
     commands = parser.add_subparsers(dest="command", required=True)
     inbox = commands.add_parser("inbox", help="receive traces on 127.0.0.1")
     inbox.add_argument("--port", type=int, default=DEFAULT_PORT)
@@ -141,7 +146,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     check = commands.add_parser("check", help="judge stored traces against the trace contract")
     check.add_argument("--json", action="store_true")
     check.set_defaults(run=_check)
+    for command in (inbox, threads, show, check):  # --db after the command works too
+        command.add_argument("--db", default=argparse.SUPPRESS, help=db_help)
     args = parser.parse_args(argv)
+    args.db = str(args.db or default_db())
     result: int = args.run(args)
     return result
 

@@ -132,6 +132,11 @@ def _unredacted_fields(value: Any, redactor: Redactor) -> set[str]:
     return found
 
 
+def roots_of(spans: Iterable[ReceivedSpan]) -> list[ReceivedSpan]:
+    """The parentless spans, oldest first."""
+    return sorted((s for s in spans if s.parent_span_id is None), key=lambda s: s.start_ns)
+
+
 def check_trace(spans: Sequence[ReceivedSpan], redactor: Redactor | None = None) -> list[Violation]:
     """Every contract violation of one trace's spans."""
     redactor = redactor or Redactor()

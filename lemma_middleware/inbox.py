@@ -8,6 +8,7 @@ middleware exports lands here; nothing leaves the machine.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -16,11 +17,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .contract import group_by_trace
+from .contract import group_by_trace, roots_of
 from .receiver import OTLPReceiver, ReceivedSpan
+from .web import view_routes
 
-DEFAULT_DB = "lemma-inbox.sqlite3"
 DEFAULT_PORT = 8787
+
+
+def default_db() -> Path:
+    """Where the inbox and its views keep traces, whatever the working directory:
+    ``LEMMA_INBOX_DB``, else ``$XDG_DATA_HOME/lemma-middleware/inbox.sqlite3`` (by default
+    ``~/.local/share/lemma-middleware/inbox.sqlite3``). The folder is created."""
+    configured = os.environ.get("LEMMA_INBOX_DB")
+    if configured:
+        return Path(configured)
+    data = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    folder = data / "lemma-middleware"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / "inbox.sqlite3"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS spans (
@@ -122,11 +136,6 @@ class ThreadSummary:
     last_activity_ns: int
 
 
-def roots_of(spans: Iterable[ReceivedSpan]) -> list[ReceivedSpan]:
-    """The parentless spans, oldest first."""
-    return sorted((s for s in spans if s.parent_span_id is None), key=lambda s: s.start_ns)
-
-
 def thread_summaries(spans: Iterable[ReceivedSpan]) -> list[ThreadSummary]:
     """Threads, most recently active first (traces without a thread id are left out)."""
     by_thread: dict[str, list[ReceivedSpan]] = {}
@@ -169,24 +178,31 @@ def turns_of(spans: list[ReceivedSpan], thread_or_trace_id: str) -> list[list[Re
 
 
 class Inbox:
-    """The receiver wired to a :class:`SpanStore`, printing a line per arriving trace."""
+    """The receiver wired to a :class:`SpanStore`, printing a line per arriving trace, with
+    the web view (:mod:`lemma_middleware.web`) on the same port."""
 
     def __init__(
         self,
-        db: str | Path = DEFAULT_DB,
+        db: str | Path | None = None,
         *,
         port: int = DEFAULT_PORT,
         keys: dict[str, str] | None = None,
         bearer: str | None = None,
         announce: Callable[[str], None] | None = print,
     ) -> None:
-        self.store = SpanStore(db)
+        self.store = SpanStore(db if db is not None else default_db())
         self.announce = announce
-        self.receiver = OTLPReceiver(port=port, keys=keys, bearer=bearer, on_spans=self._on_spans)
+        self.receiver = OTLPReceiver(
+            port=port,
+            keys=keys,
+            bearer=bearer,
+            on_spans=self._on_spans,
+            routes=view_routes(self.store.spans),
+        )
 
     @property
     def base_url(self) -> str:
-        """What ``LANGFUSE_HOST`` points at."""
+        """What ``LANGFUSE_HOST`` points at, and where the web view is."""
         return self.receiver.base_url
 
     def _on_spans(self, spans: list[ReceivedSpan]) -> None:
@@ -201,8 +217,8 @@ class Inbox:
         return self
 
     def serve_forever(self) -> None:
-        """Serve in this thread until interrupted."""
-        self.receiver.server.serve_forever()
+        """Serve in this thread until interrupted (SIGINT, SIGTERM)."""
+        self.receiver.serve_forever()
 
     def stop(self) -> None:
         """Stop serving."""

@@ -1,9 +1,10 @@
 """A local OTLP/HTTP trace receiver speaking the Langfuse SDK's export endpoint.
 
-It listens on 127.0.0.1, accepts ``POST /api/public/otel/v1/traces`` (and ``/v1/traces``)
-with OTLP protobuf or JSON bodies, gzip or not, checks Basic or Bearer auth when keys are
-configured, and keeps the decoded spans in memory. The demo and the end-to-end tests
-send real exports to it; nothing leaves the machine.
+It listens on 127.0.0.1 (Starlette under uvicorn), accepts ``POST /api/public/otel/v1/traces``
+(and ``/v1/traces``, ``/otel/v1/traces``) with OTLP protobuf or JSON bodies, gzip or not,
+checks Basic or Bearer auth when keys are configured, and keeps the decoded spans in
+memory. The demo and the end-to-end tests send real exports to it; nothing leaves the
+machine.
 """
 
 from __future__ import annotations
@@ -11,19 +12,26 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import socket
 import threading
+import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import uvicorn
 from google.protobuf import json_format
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
 
 TRACE_PATHS = ("/api/public/otel/v1/traces", "/v1/traces", "/otel/v1/traces")
 MAX_BODY_BYTES = 16 * 1024 * 1024
@@ -124,13 +132,24 @@ def decode_export(body: bytes, content_type: str) -> list[ReceivedSpan]:
     return spans
 
 
+class Rejected(Exception):
+    """An export request the receiver answers with ``status`` (and stores nothing of)."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
 class OTLPReceiver:
-    """A threaded HTTP server on 127.0.0.1 collecting OTLP trace exports in memory.
+    """An OTLP/HTTP receiver on 127.0.0.1 collecting trace exports in memory: a Starlette
+    app served by uvicorn in a background thread.
 
     ``keys`` maps accepted public keys to secret keys (Basic auth, as the Langfuse SDK
     sends); ``bearer`` is an accepted Bearer token (as Lemma's endpoint takes). With
-    neither, any request is accepted. ``on_spans`` is called with each accepted batch.
-    """
+    neither, any request is accepted. ``on_spans`` is called with each accepted batch (an
+    exception there answers 500 and keeps nothing); ``routes`` are served beside the OTLP
+    endpoints (the inbox's web view)."""
 
     def __init__(
         self,
@@ -140,6 +159,7 @@ class OTLPReceiver:
         keys: dict[str, str] | None = None,
         bearer: str | None = None,
         on_spans: Callable[[list[ReceivedSpan]], None] | None = None,
+        routes: Sequence[BaseRoute] = (),
     ) -> None:
         self.keys = keys or {}
         self.bearer = bearer
@@ -148,37 +168,46 @@ class OTLPReceiver:
         self.rejected: list[tuple[int, str]] = []
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:
-                return None
-
-            def do_POST(self) -> None:
-                # An exporter that gave up waiting has hung up; it retries or drops, as it decides.
-                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                    receiver._handle(self)
-
-        self.server = ThreadingHTTPServer((host, port), Handler)
-        self.server.daemon_threads = True
+        self.app = Starlette(
+            routes=[
+                *(Route(path, self._export, methods=["POST"]) for path in TRACE_PATHS),
+                *routes,
+            ]
+        )
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._socket.bind((host, port))
+        config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off")
+        self.server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None
 
     @property
     def base_url(self) -> str:
         """``http://127.0.0.1:<port>`` (what LANGFUSE_HOST points at)."""
-        host, port = self.server.server_address[:2]
+        host, port = self._socket.getsockname()[:2]
         return f"http://{host!s}:{port}"
 
     def start(self) -> OTLPReceiver:
-        """Serve in a background thread."""
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        """Serve in a background thread (returns once it accepts requests)."""
+        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
         self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started and self._thread.is_alive():
+            if time.monotonic() > deadline:
+                raise RuntimeError("the receiver did not start")
+            time.sleep(0.01)
         return self
+
+    def serve_forever(self) -> None:
+        """Serve in this thread until :meth:`stop` (or, in the main thread, SIGINT/SIGTERM)."""
+        self.server.run(sockets=[self._socket])
 
     def stop(self) -> None:
         """Stop serving and close the socket."""
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self._socket.close()
 
     def __enter__(self) -> OTLPReceiver:
         return self.start()
@@ -199,7 +228,8 @@ class OTLPReceiver:
                 lambda: predicate([s for r in self.requests for s in r.spans]), timeout
             )
 
-    def _authorised(self, headers: dict[str, str]) -> bool:
+    def authorised(self, headers: Mapping[str, str]) -> bool:
+        """Whether ``headers`` carry accepted credentials (any, when none are configured)."""
         if not self.keys and self.bearer is None:
             return True
         auth = headers.get("authorization", "")
@@ -214,61 +244,59 @@ class OTLPReceiver:
             return self.keys.get(public) == secret
         return False
 
-    def _reject(self, handler: BaseHTTPRequestHandler, status: int, reason: str) -> None:
-        with self._lock:
-            self.rejected.append((status, reason))
-        body = json.dumps({"error": reason}).encode()
-        handler.send_response(status)
-        handler.send_header("Content-Type", "application/json")
-        handler.send_header("Content-Length", str(len(body)))
-        handler.end_headers()
-        handler.wfile.write(body)
-
-    def _handle(self, handler: BaseHTTPRequestHandler) -> None:
-        path = handler.path.split("?", 1)[0]
-        headers = {k.lower(): v for k, v in handler.headers.items()}
-        if path not in TRACE_PATHS:
-            return self._reject(handler, 404, f"unknown path {path}")
-        if "content-length" not in headers:
-            return self._reject(handler, 411, "Content-Length required")
-        length = int(headers["content-length"] or 0)
-        if length > MAX_BODY_BYTES:
-            _discard(handler, length)
-            return self._reject(handler, 413, f"payload over {MAX_BODY_BYTES} bytes")
-        body = handler.rfile.read(length)
-        if not self._authorised(headers):
-            return self._reject(handler, 401, "bad or missing credentials")
+    def decode(self, headers: Mapping[str, str], body: bytes) -> list[ReceivedSpan]:
+        """The spans of one export request, or :class:`Rejected`."""
+        if not self.authorised(headers):
+            raise Rejected(401, "bad or missing credentials")
         content_type = headers.get("content-type", "").lower()
         if not content_type.startswith(("application/x-protobuf", "application/json")):
-            return self._reject(handler, 415, f"unsupported content type {content_type!r}")
-        compressed = headers.get("content-encoding", "").lower() == "gzip"
+            raise Rejected(415, f"unsupported content type {content_type!r}")
         try:
-            if compressed:
+            if headers.get("content-encoding", "").lower() == "gzip":
                 body = _gunzip(body, MAX_BODY_BYTES)
-            spans = decode_export(body, content_type)
+            return decode_export(body, content_type)
         except Exception as error:
-            return self._reject(handler, 400, str(error)[:200])
-        if self.on_spans is not None:
-            try:
-                self.on_spans(spans)
-            except Exception as error:
-                return self._reject(handler, 500, f"could not store spans: {error}"[:200])
+            raise Rejected(400, str(error)[:200]) from None
+
+    async def _export(self, request: Request) -> Response:
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        try:
+            body = await _read_bounded(request, headers)
+            spans = self.decode(headers, body)
+            if self.on_spans is not None:
+                try:
+                    await run_in_threadpool(self.on_spans, spans)
+                except Exception as error:
+                    raise Rejected(500, f"could not store spans: {error}"[:200]) from None
+        except Rejected as rejected:
+            with self._lock:
+                self.rejected.append((rejected.status, rejected.reason))
+            return JSONResponse({"error": rejected.reason}, status_code=rejected.status)
+        content_type = headers.get("content-type", "").lower()
+        compressed = headers.get("content-encoding", "").lower() == "gzip"
         with self._changed:
-            self.requests.append(ReceivedRequest(path, headers, content_type, compressed, spans))
+            self.requests.append(
+                ReceivedRequest(request.url.path, headers, content_type, compressed, spans)
+            )
             self._changed.notify_all()
         answer = ExportTraceServiceResponse().SerializeToString()
-        handler.send_response(200)
-        handler.send_header("Content-Type", "application/x-protobuf")
-        handler.send_header("Content-Length", str(len(answer)))
-        handler.end_headers()
-        handler.wfile.write(answer)
+        return Response(answer, media_type="application/x-protobuf")
 
 
-def _discard(handler: BaseHTTPRequestHandler, length: int) -> None:
-    """Read and drop an oversized body in bounded chunks, so the client gets the answer."""
-    remaining = min(length, 8 * MAX_BODY_BYTES)
-    while remaining > 0:
-        chunk = handler.rfile.read(min(remaining, 1 << 20))
-        if not chunk:
-            break
-        remaining -= len(chunk)
+async def _read_bounded(request: Request, headers: Mapping[str, str]) -> bytes:
+    """The body, if it declares its length and is at most MAX_BODY_BYTES; an oversized one
+    is read and dropped in bounded chunks, so the client gets the answer."""
+    if "content-length" not in headers:
+        raise Rejected(411, "Content-Length required")
+    try:
+        length = int(headers["content-length"] or 0)
+    except ValueError:
+        raise Rejected(400, "bad Content-Length") from None
+    if length > MAX_BODY_BYTES:
+        drained = 0
+        async for chunk in request.stream():
+            drained += len(chunk)
+            if drained > 8 * MAX_BODY_BYTES:
+                break
+        raise Rejected(413, f"payload over {MAX_BODY_BYTES} bytes")
+    return await request.body()
