@@ -14,7 +14,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from typing import Any
 import httpx
 
 from lemma_middleware.__main__ import main as cli
-from lemma_middleware.inbox import Inbox, SpanStore, roots_of
+from lemma_middleware.inbox import DEFAULT_PORT, Inbox, SpanStore, default_db, roots_of
 
 PUBLIC_KEY, SECRET_KEY = "pk-lf-demo", "sk-lf-demo"
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,8 +98,10 @@ def play(base_url: str, prefix: str) -> None:
                 "x-tenant-id": "acme",
             }
             path = "/chat/stream" if streaming else "/chat"
+            if message == "crash":
+                print("  -- the next turn fails on purpose: the agent raises (an ERROR trace)")
             response = client.post(path, json={"message": message}, headers=headers)
-            trace_id = response.headers.get("x-trace-id")
+            trace_id = response.headers.get("x-trace-id") or "(none on a 500 page: see below)"
             print(f"  {thread} {message!r:34} -> {response.status_code} trace {trace_id}")
 
 
@@ -128,35 +129,56 @@ def run_one(prefix: str, label: str, start: Any, app: str, env: dict[str, str]) 
 
 def main() -> int:
     own_host = "LANGFUSE_HOST" in os.environ and "LANGFUSE_PUBLIC_KEY" in os.environ
-    with tempfile.TemporaryDirectory() as folder:
-        db = str(Path(folder) / "lemma-inbox.sqlite3")
-        with Inbox(db, port=0, keys={PUBLIC_KEY: SECRET_KEY}) as inbox:
-            env = dict(os.environ)
-            if not own_host:
-                env |= {
-                    "LANGFUSE_PUBLIC_KEY": PUBLIC_KEY,
-                    "LANGFUSE_SECRET_KEY": SECRET_KEY,
-                    "LANGFUSE_HOST": inbox.base_url,
-                }
-            print(f"inbox on {inbox.base_url} ({db}); traces go to {env['LANGFUSE_HOST']}")
-            for prefix, label, start, app in SERVERS:
-                run_one(prefix, label, start, app, env)
-            if own_host:
-                print("\ntraces were sent to LANGFUSE_HOST; the local inbox was not used")
-                return 0
-            expected = len(SCRIPT) * len(SERVERS)
-            deadline = time.monotonic() + 10
-            while len(roots_of(SpanStore(db).spans())) < expected and time.monotonic() < deadline:
-                time.sleep(0.1)
-        print("\n$ lemma-middleware threads")
-        cli(["--db", db, "threads"])
-        print("\n$ lemma-middleware show flask-thread-alice")
-        cli(["--db", db, "show", "flask-thread-alice"])
-        print("\n$ lemma-middleware check")
-        verdict = cli(["--db", db, "check"])
-        arrived = len(roots_of(SpanStore(db).spans()))
-    print(f"\n{arrived} of {expected} turns arrived as traces")
-    return verdict if arrived == expected else 1
+    db = str(default_db().with_name("demo.sqlite3"))  # kept after the demo, to explore
+    for stale in (db, f"{db}-wal", f"{db}-shm"):
+        Path(stale).unlink(missing_ok=True)
+    with Inbox(db, port=0, keys={PUBLIC_KEY: SECRET_KEY}) as inbox:
+        env = dict(os.environ)
+        if not own_host:
+            env |= {
+                "LANGFUSE_PUBLIC_KEY": PUBLIC_KEY,
+                "LANGFUSE_SECRET_KEY": SECRET_KEY,
+                "LANGFUSE_HOST": inbox.base_url,
+            }
+        print(f"inbox on {inbox.base_url} ({db}); traces go to {env['LANGFUSE_HOST']}")
+        for prefix, label, start, app in SERVERS:
+            run_one(prefix, label, start, app, env)
+        if own_host:
+            print("\ntraces were sent to LANGFUSE_HOST; the local inbox was not used")
+            return 0
+        expected = len(SCRIPT) * len(SERVERS)
+        deadline = time.monotonic() + 10
+        while len(roots_of(SpanStore(db).spans())) < expected and time.monotonic() < deadline:
+            time.sleep(0.1)
+    command = _command()
+    print(f"\n$ {command} threads")
+    cli(["--db", db, "threads"])
+    print(f"\n$ {command} show flask-thread-alice")
+    cli(["--db", db, "show", "flask-thread-alice"])
+    print(f"\n$ {command} check")
+    verdict = cli(["--db", db, "check"])
+    roots = roots_of(SpanStore(db).spans())
+    for root in roots:
+        if root.attributes.get("langfuse.observation.level") == "ERROR":
+            thread = root.attributes.get("session.id")
+            print(f"planned failure in {thread}: trace {root.trace_id} (level ERROR, as it should)")
+    print(f"\n{len(roots)} of {expected} turns arrived as traces")
+    print(
+        f"\nExplore them: {command} --db {db} inbox   "
+        f"(web view on http://127.0.0.1:{DEFAULT_PORT}/, Ctrl-C to stop)"
+    )
+    return verdict if len(roots) == expected else 1
+
+
+def _command() -> str:
+    """How to run the ``lemma-middleware`` command from here (inside the project's venv)."""
+    installed = Path(sys.executable).parent / "lemma-middleware"
+    if installed.exists():
+        try:
+            return str(installed.relative_to(Path.cwd()))
+        except ValueError:
+            return str(installed)
+    return f"{sys.executable} -m lemma_middleware"
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ from opentelemetry.sdk.trace.export import SpanExporter
 
 from .capture import Redactor
 from .delivery import DEFAULT_MAX_BACKLOG_BYTES, DeliveryExporter, OTLPHTTPSender, watch_provider
-from .logs import log_once, logger
+from .logs import announce, log_once, logger
 from .processors import DestinationProcessor, ExportFilter, wire_provider
 from .provider import OwnedTracerProvider, provider_for
 from .sdk import (
@@ -376,8 +376,12 @@ def build_client(
                 export_timeout_millis=timeout * 1000,
             )
         watch_provider(provider)
-        names = ", ".join(d.name for d in destinations) or "injected exporter"
-        logger.info("lemma_middleware: exporting traces to %s", names)
+        if span_exporter is None:
+            where = ", ".join(f"{d.name} ({d.endpoint})" for d in destinations)
+            announce(
+                f"lemma_middleware: exporting traces to {where}, in batches of up to "
+                f"{flush_at} spans at least every {flush_interval:g} s"
+            )
         _clients[key] = client
         return client
 

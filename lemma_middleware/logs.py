@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable
 from typing import Any
 
 logger = logging.getLogger("lemma_middleware")
 
 _logged_once: set[str] = set()
+
+
+def announce(message: str) -> None:
+    """An informational line users should see once at start-up: logged at INFO when
+    logging is configured for this package, else written to stderr (Python would drop an
+    INFO record with no handler)."""
+    if logger.hasHandlers():
+        logger.info(message)
+    else:
+        print(message, file=sys.stderr)
 
 
 def log_once(key: str, level: int, message: str, *args: object) -> None:
