@@ -60,6 +60,7 @@ class SpanStore:
     export batch (a batch is stored whole or not at all)."""
 
     def __init__(self, path: str | Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
         self.path = str(path)
         self._local = threading.local()
         with self._connection() as connection:

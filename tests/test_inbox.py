@@ -18,6 +18,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from lemma_middleware import build_client
 from lemma_middleware.__main__ import main
 from lemma_middleware.inbox import Inbox, SpanStore
+from lemma_middleware.receiver import ReceivedSpan
 
 from .apps import make_app
 from .conftest import Captured
@@ -283,3 +284,27 @@ async def test_inbox_command_serves_stores_and_stops_even_when_started_in_the_ba
     assert f"LANGFUSE_HOST=http://127.0.0.1:{port}" in out
     assert out.count("trace ") == 3  # one line per arriving trace
     assert len(SpanStore(db).spans()) == 6
+
+
+def test_every_command_agrees_on_the_database_wherever_it_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No ``--db``: the per-user default, not the working directory; ``--db`` before or
+    after the command; ``check`` on no trace says so and fails."""
+    monkeypatch.delenv("LEMMA_INBOX_DB", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    default = tmp_path / "data" / "lemma-middleware" / "inbox.sqlite3"
+    SpanStore(default).add(
+        [ReceivedSpan("a" * 32, "b" * 16, None, "agent", 0, 1, {"session.id": "t-1"}, {}, "s", 0)]
+    )
+    assert main(["threads"]) == 0
+    assert "t-1" in capsys.readouterr().out
+    assert list(elsewhere.iterdir()) == []  # no stray database in the working directory
+    other = tmp_path / "other.sqlite3"
+    assert main(["threads", "--db", str(other)]) == 0  # --db after the command
+    assert "no threads yet" in capsys.readouterr().out
+    assert main(["check", "--db", str(other)]) == 2
+    assert "no traces" in capsys.readouterr().err
