@@ -133,9 +133,14 @@ def propagated_metadata(values: TraceValues) -> dict[str, str]:
     return metadata
 
 
-def propagate_arguments(values: TraceValues) -> dict[str, Any]:
-    """The keyword arguments of Langfuse's ``propagate_attributes`` for ``values``."""
-    arguments: dict[str, Any] = {"metadata": propagated_metadata(values)}
+def propagate_arguments(
+    values: TraceValues, metadata: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """The keyword arguments of Langfuse's ``propagate_attributes`` for ``values``
+    (``metadata``: :func:`propagated_metadata` of ``values``, if already computed)."""
+    arguments: dict[str, Any] = {
+        "metadata": propagated_metadata(values) if metadata is None else metadata
+    }
     for row in ATTRIBUTE_TABLE:
         if row.propagated:
             arguments[row.propagated] = row.value(values)
@@ -147,11 +152,14 @@ def raw_attributes(values: TraceValues) -> dict[str, str]:
     return {row.raw: value for row in ATTRIBUTE_TABLE if row.raw and (value := row.value(values))}
 
 
-def root_attributes(values: TraceValues) -> dict[str, Any]:
+def root_attributes(values: TraceValues, metadata: dict[str, str] | None = None) -> dict[str, Any]:
     """The attributes the root starts with: every key a child gets (see
     :func:`span_attributes`, written here in the same call that starts the root) and the
     root's own."""
-    attributes: dict[str, Any] = {Langfuse.OBSERVATION_TYPE: "agent", **span_attributes(values)}
+    attributes: dict[str, Any] = {
+        Langfuse.OBSERVATION_TYPE: "agent",
+        **span_attributes(values, metadata),
+    }
     for row in ATTRIBUTE_TABLE:
         if row.root_only and (value := row.value(values)):
             attributes[row.root_only] = value
@@ -160,7 +168,7 @@ def root_attributes(values: TraceValues) -> dict[str, Any]:
     return attributes
 
 
-def span_attributes(values: TraceValues) -> dict[str, str]:
+def span_attributes(values: TraceValues, metadata: dict[str, str] | None = None) -> dict[str, str]:
     """Every propagated and raw key as the span attributes Langfuse would write: what a
     late identity (``bind()``, an auth user known late) overwrites on the root and on the
     children started after it."""
@@ -169,6 +177,6 @@ def span_attributes(values: TraceValues) -> dict[str, str]:
         value = row.value(values)
         if row.langfuse and value:
             attributes[row.langfuse] = value
-    for key, value in propagated_metadata(values).items():
+    for key, value in (propagated_metadata(values) if metadata is None else metadata).items():
         attributes[METADATA_PREFIX + key] = json_text(value)
     return attributes

@@ -36,6 +36,7 @@ def default_db() -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     return folder / "inbox.sqlite3"
 
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS spans (
     trace_id TEXT NOT NULL,

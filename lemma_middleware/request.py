@@ -33,6 +33,7 @@ from .attributes import (
     METADATA_PREFIX,
     TraceValues,
     propagate_arguments,
+    propagated_metadata,
     raw_attributes,
     root_attributes,
     span_attributes,
@@ -98,7 +99,8 @@ class RequestTrace:
         # The root: a fresh trace, never a child of whatever span is current (FastAPI's or
         # OpenTelemetry ASGI's server span, a span from upstream); baggage is dropped too.
         # Other context values (FastAPI's per-request telemetry) are kept.
-        attributes = root_attributes(values)
+        metadata = propagated_metadata(values)  # computed once for the root and the context
+        attributes = root_attributes(values, metadata)
         fresh = otel_trace.set_span_in_context(
             INVALID_SPAN, baggage.clear(otel_context.get_current())
         )
@@ -111,10 +113,10 @@ class RequestTrace:
         # The context the request's code runs in: the root, the propagated attributes
         # (Langfuse's processor writes them on every child), and this.
         propagated = propagation_context(
-            otel_trace.set_span_in_context(span, fresh), propagate_arguments(values)
+            otel_trace.set_span_in_context(span, fresh), propagate_arguments(values, metadata)
         )
         if options.propagate_downstream:  # thread, user, tenant as W3C baggage too
-            propagated = downstream_context(propagated, propagate_arguments(values))
+            propagated = downstream_context(propagated, propagate_arguments(values, metadata))
         self.context: Context = otel_context.set_value(ACTIVE_REQUEST, self, propagated)
         self.child_attributes: dict[str, str] = raw_attributes(values)
 
