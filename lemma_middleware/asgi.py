@@ -145,9 +145,10 @@ class TracedExchange(Exchange):
             await self.app(scope, self.receive, self.send)
             return
         error: BaseException | None = None
-        if tracing.framework_telemetry_idle():
+        if FASTAPI_TELEMETRY_KEY not in scope and tracing.framework_telemetry_idle():
             # FastAPI's telemetry, inside the middleware, would restart the context from the
-            # request headers; it would record nothing anyone receives anyway.
+            # request headers; it would record nothing anyone receives anyway. (Outside the
+            # middleware, with add_middleware, it has started already: left alone.)
             scope[FASTAPI_TELEMETRY_KEY] = None
         token = trace.activate()
         try:
