@@ -199,3 +199,33 @@ def test_export_decision_per_scope_matches_langfuses_default_filter() -> None:
     for _ in range(2):  # the second pass answers from the per-scope memo
         for span in memory.get_finished_spans():
             assert exported(span) == is_default_export_span(span), span.instrumentation_scope
+
+
+async def test_fastapi_telemetry_already_running_outside_is_left_alone(captured: Any) -> None:
+    """The middleware switches FastAPI's telemetry off only for an app it wraps; with
+    add_middleware FastAPI's telemetry has started outside it, and its per-request object
+    stays in the scope."""
+    from lemma_middleware import LemmaMiddleware
+
+    seen: list[object] = []
+
+    async def inner(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(scope.get("fastapi.telemetry", "absent"))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Any) -> None:
+        return None
+
+    middleware = LemmaMiddleware(inner, agent_name="agent", langfuse=captured.client)
+    assert middleware.tracing is not None
+    middleware.tracing.framework_telemetry_idle = lambda: True  # type: ignore[assignment]
+    running = object()
+    for extra in ({}, {"fastapi.telemetry": running}):
+        scope = {"type": "http", "method": "POST", "path": "/chat", "query_string": b""}
+        scope |= {"headers": [], "client": ("127.0.0.1", 1), **extra}
+        await middleware(scope, receive, send)
+    assert seen == [None, running]  # wrapped: switched off; already running: untouched
