@@ -154,7 +154,8 @@ place."""
 
 
 def identity_from_mapping(values: object) -> Identity | None:
-    """An identity layer from a resolver's result; None unless it is a non-empty mapping."""
+    """An identity layer from a mapping (a resolver's result, a trusted upstream's baggage);
+    None unless it is a non-empty mapping."""
     if not isinstance(values, Mapping) or not values:
         return None
     layer = Identity()
@@ -188,15 +189,7 @@ def identity_from_baggage(header: str | None) -> Identity | None:
             if isinstance(value, str) and value:
                 found[name] = _unquoted(value)
                 break
-    if not found:
-        return None
-    layer = Identity()
-    layer.merge(
-        thread_id=found.get("thread_id"),
-        user_id=found.get("user_id"),
-        tenant_id=found.get("tenant_id"),
-    )
-    return layer
+    return identity_from_mapping(found)
 
 
 def _unquoted(value: str) -> str:

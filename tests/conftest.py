@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -64,6 +65,12 @@ def fresh_log_once() -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "expect_internal_errors: the test provokes logged errors")
+
+
+def environ_without_destinations() -> dict[str, str]:
+    """This process's environment without any ``LANGFUSE_*``/``LEMMA_*`` variable: what a
+    server or app started by a test gets before the test says where traces go."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("LANGFUSE_", "LEMMA_"))}
 
 
 DESTINATION_VARIABLES = (

@@ -6,7 +6,6 @@ when asked."""
 
 from __future__ import annotations
 
-import os
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,6 +16,8 @@ import httpx
 from examples.demo import start_gunicorn, start_uvicorn
 from lemma_middleware.contract import check_traces
 from lemma_middleware.receiver import OTLPReceiver, ReceivedSpan
+
+from .conftest import environ_without_destinations
 
 HEADERS = {"x-conversation-id": "conv-42", "x-user-id": "alice", "x-tenant-id": "acme"}
 
@@ -34,7 +35,7 @@ def served(start: Any, app: str, env: dict[str, str]) -> Iterator[str]:
 def converse(billing_app: str, start_billing: Any = start_uvicorn, **billing_env: str) -> list:
     """Serve both agents, send one turn to the front one; every span both exported."""
     with OTLPReceiver(keys={"pk-chain": "sk-chain"}) as receiver:
-        base = {k: v for k, v in os.environ.items() if not k.startswith(("LANGFUSE_", "LEMMA_"))}
+        base = environ_without_destinations()
         base |= {
             "LANGFUSE_PUBLIC_KEY": "pk-chain",
             "LANGFUSE_SECRET_KEY": "sk-chain",

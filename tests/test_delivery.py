@@ -23,6 +23,7 @@ from lemma_middleware import build_client, delivery, export_stats
 from lemma_middleware.delivery import DeliveryExporter, OTLPHTTPSender
 from lemma_middleware.receiver import OTLPReceiver
 
+from .conftest import environ_without_destinations
 from .flaky_destination import FlakyDestination
 
 
@@ -223,7 +224,7 @@ def test_server_exit_is_bounded_by_flush_timeout_with_a_hanging_destination(
         command = [sys.executable, "-m", "gunicorn", "-w", "2", "-k", "gthread"]
         command += ["--threads", "4", "-b", f"127.0.0.1:{port}", "--graceful-timeout", "60"]
         command += ["tests.exit_apps:wsgi_app()"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LANGFUSE_", "LEMMA_"))}
+    env = environ_without_destinations()
     env |= {
         "LEMMA_OTLP_ENDPOINT": destination.url,
         "FLUSH_TIMEOUT": "1.5",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import os
 import signal
 import time
 from collections.abc import Iterator
@@ -17,13 +16,15 @@ from examples.demo import free_port, start_gunicorn, start_uvicorn
 from lemma_middleware import resolve_destinations
 from lemma_middleware.receiver import OTLPReceiver
 
+from .conftest import environ_without_destinations
+
 PROJECT_ID = "5b0c7b3e-8f6d-4a43-9d0e-3f1f6f2b9a11"
 
 
 def serve(
     env: dict[str, str], start: Any = start_uvicorn, app: str = "examples.fastapi_app.app:app"
 ) -> Iterator[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("LANGFUSE_", "LEMMA_"))}
+    clean = environ_without_destinations()
     process, url = start(app, {**clean, **env})
     try:
         yield url

@@ -55,6 +55,18 @@ def browser() -> Iterator[Any]:
         driver.quit()
 
 
+def client_for(inbox: Inbox, public_key: str) -> Any:
+    """A client built by the middleware, exporting to ``inbox`` with ``public_key``."""
+    client = build_client(
+        langfuse_public_key=public_key,
+        langfuse_secret_key=KEYS[public_key],
+        langfuse_host=inbox.base_url,
+        tracer_provider=TracerProvider(),
+    )
+    assert client is not None
+    return client
+
+
 def turn(client: Any, thread: str, message: str, user: str | None) -> None:
     """One request through the middleware, exported by the real SDK to the inbox."""
     headers = {"x-conversation-id": thread, "x-tenant-id": "acme"}
@@ -73,12 +85,7 @@ def test_threads_to_trace_with_its_violation_and_a_new_trace_arriving(
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    client = build_client(
-        langfuse_public_key="pk-web",
-        langfuse_secret_key="sk-web",
-        langfuse_host=inbox.base_url,
-        tracer_provider=TracerProvider(),
-    )
+    client = client_for(inbox, "pk-web")
     turn(client, "thread-web", "where is my parcel?", "alice")
     turn(client, "thread-web", "and my refund?", None)  # no user: a contract violation
 
@@ -118,12 +125,7 @@ def test_threads_to_trace_with_its_violation_and_a_new_trace_arriving(
 def test_threads_filter_by_user(inbox: Inbox, browser: Any) -> None:
     from selenium.webdriver.common.by import By
 
-    client = build_client(
-        langfuse_public_key="pk-web-filter",
-        langfuse_secret_key="sk-web",
-        langfuse_host=inbox.base_url,
-        tracer_provider=TracerProvider(),
-    )
+    client = client_for(inbox, "pk-web-filter")
     turn(client, "thread-alice", "hi", "alice")
     turn(client, "thread-bob", "hi", "bob")
     browser.get(f"{inbox.base_url}/?user=bob")

@@ -18,6 +18,8 @@ from examples.demo import ROOT, start_uvicorn
 from lemma_middleware.contract import check_traces
 from lemma_middleware.receiver import OTLPReceiver, ReceivedSpan
 
+from .conftest import environ_without_destinations
+
 pytest.importorskip("openai", reason="the llm extra is not installed")
 
 STACKS = {  # stack -> the requests its app makes
@@ -59,7 +61,7 @@ def test_each_request_is_one_trace_with_its_llm_spans_under_the_root(
 ) -> None:
     paths = STACKS[stack]
     with OTLPReceiver(keys={"pk-llm": "sk-llm"}) as receiver:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("LANGFUSE_", "LEMMA_"))}
+        env = environ_without_destinations()
         env |= {
             "LANGFUSE_PUBLIC_KEY": "pk-llm",
             "LANGFUSE_SECRET_KEY": "sk-llm",

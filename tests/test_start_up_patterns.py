@@ -6,7 +6,6 @@ request at every destination: one root, the LLM and tool spans under it with the
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
@@ -15,6 +14,8 @@ import pytest
 from examples.demo import ROOT
 from lemma_middleware.contract import check_traces
 from lemma_middleware.receiver import OTLPReceiver
+
+from .conftest import environ_without_destinations
 
 PROJECT_ID = "5b0c7b3e-8f6d-4a43-9d0e-3f1f6f2b9a11"
 
@@ -53,7 +54,7 @@ CASES = [
 
 def run_app(receiver: OTLPReceiver, kind: str, **settings: str) -> str:
     """Run the app once against ``receiver``; its stderr."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LANGFUSE_", "LEMMA_"))}
+    env = environ_without_destinations()
     env |= destinations(kind, receiver.base_url) | settings
     run = subprocess.run(
         [sys.executable, "-m", "tests.start_up_app"],
