@@ -61,7 +61,9 @@ from langfuse._client import propagation as langfuse_propagation
 from langfuse._client.span_exporter import LangfuseTransformingSpanExporter
 from langfuse._client.span_processor import LangfuseSpanProcessor
 from langfuse.span_filter import is_default_export_span
+from opentelemetry import _logs as otel_logs
 from opentelemetry import context as otel_context
+from opentelemetry import metrics as otel_metrics
 from opentelemetry import trace as otel_trace
 from opentelemetry.context import Context
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
@@ -504,9 +506,7 @@ def telemetry_pipelines_configured() -> bool:
     """True when a meter or logger provider other than the OpenTelemetry API's default is
     installed globally (what FastAPI's telemetry would feed besides spans)."""
     try:
-        from opentelemetry import _logs, metrics
-
-        providers = (metrics.get_meter_provider(), _logs.get_logger_provider())
+        providers = (otel_metrics.get_meter_provider(), otel_logs.get_logger_provider())
     except Exception:
         return True
     return any(
