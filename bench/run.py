@@ -44,6 +44,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from bench.apps import OTEL_PROVIDERS, NoOpExporter, make_asgi, make_wsgi, sdk_floor
 from lemma_middleware import build_client
+from lemma_middleware.delivery import encode_batch
 from lemma_middleware.provider import OwnedTracerProvider
 from lemma_middleware.sdk import langfuse_exporter
 
@@ -220,18 +221,31 @@ def asgi_section(rounds: int, per_round: int) -> dict[str, float]:
 # export cost ---------------------------------------------------------------------------
 
 
-class EncodeOnly(SpanExporter):
-    """What an OTLP/HTTP exporter does before the network: encode, serialise, gzip (at the
-    exporter's default level). Keeps the spans it is given while ``keeping``."""
+def otlp_exporter_encoding(compress: bool) -> Callable[[Sequence[ReadableSpan]], bytes]:
+    """What OpenTelemetry's OTLP/HTTP exporter does before the network: encode, serialise
+    and, when configured (Langfuse's exporter: gzip; the OTLP default: none), gzip at its
+    default level."""
 
-    def __init__(self) -> None:
+    def encode(spans: Sequence[ReadableSpan]) -> bytes:
+        payload = encode_spans(spans).SerializePartialToString()
+        return gzip.compress(payload) if compress else payload
+
+    return encode
+
+
+class EncodeOnly(SpanExporter):
+    """An exporter that encodes as ``encode`` does and sends nothing. Keeps the spans it is
+    given while ``keeping``."""
+
+    def __init__(self, encode: Callable[[Sequence[ReadableSpan]], bytes]) -> None:
+        self.encode = encode
         self.kept: list[ReadableSpan] = []
         self.keeping = True
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         if self.keeping:
             self.kept.extend(spans)
-        gzip.compress(encode_spans(spans).SerializePartialToString())
+        self.encode(spans)
         return SpanExportResult.SUCCESS
 
 
@@ -243,7 +257,9 @@ def export_cost_section(requests: int) -> dict[str, float]:
     spans_per_request: dict[str, float] = {}
     for variant in ("fastapi-otel", "otel", "handwritten", "lemma"):
         name = ASGI_NAMES[variant]
-        encode = EncodeOnly()
+        encode = EncodeOnly(
+            encode_batch if variant == "lemma" else otlp_exporter_encoding(variant == "handwritten")
+        )
         chain: SpanExporter | None = encode
         client, provider = None, None
         if variant == "handwritten":

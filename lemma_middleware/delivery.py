@@ -43,11 +43,11 @@ from email.utils import parsedate_to_datetime
 from typing import NamedTuple
 
 import requests
-from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from .logs import logger
+from .otlp import encode_request
 
 DEFAULT_MAX_BACKLOG_BYTES = 32 * 1024 * 1024
 """Compressed bytes kept for retry per destination (tens of thousands of traces)."""
@@ -126,7 +126,7 @@ class OTLPHTTPSender:
 
 def encode_batch(spans: Sequence[ReadableSpan]) -> bytes:
     """The gzipped OTLP protobuf request for ``spans``."""
-    return gzip.compress(encode_spans(spans).SerializeToString(), compresslevel=6)
+    return gzip.compress(encode_request(spans), compresslevel=6)
 
 
 @dataclass

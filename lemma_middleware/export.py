@@ -47,6 +47,7 @@ from .sdk import (
     keyless_client_created,
     langfuse_client_exists,
     screen_media_pass,
+    shortcut_roots,
 )
 
 LEMMA_DEFAULT_URL = "https://api.uselemma.ai/otel/v1/traces"
@@ -409,4 +410,4 @@ def wire_client(
     )
     wire_provider(access.provider, exported, processors)
     screen_media_pass(access.provider, access.public_key)
-    return access
+    return shortcut_roots(client, access)

@@ -48,6 +48,8 @@ _span``
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import logging
 import weakref
 from collections.abc import Callable, Sequence
@@ -58,18 +60,20 @@ from typing import Any, cast
 
 from langfuse import Langfuse, propagate_attributes
 from langfuse._client import propagation as langfuse_propagation
+from langfuse._client.constants import LANGFUSE_TRACER_NAME
 from langfuse._client.span_exporter import LangfuseTransformingSpanExporter
 from langfuse._client.span_processor import LangfuseSpanProcessor
 from langfuse.span_filter import is_default_export_span
 from opentelemetry import _logs as otel_logs
+from opentelemetry import baggage
 from opentelemetry import context as otel_context
 from opentelemetry import metrics as otel_metrics
 from opentelemetry import trace as otel_trace
 from opentelemetry.context import Context
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
-from opentelemetry.trace import SpanContext
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.trace import SpanContext, format_span_id
 
 from .attributes import json_text
 from .logs import log_once
@@ -240,6 +244,189 @@ def add_processor_first(provider: TracerProvider, processor: SpanProcessor) -> N
     multi: Any = provider._active_span_processor
     with multi._lock:
         multi._span_processors = (processor, *multi._span_processors)
+
+
+# the root's span processors ---------------------------------------------------------------
+
+_PROPAGATED_PREFIX = "langfuse.propagated."
+_IS_APP_ROOT = "langfuse.internal.is_app_root"
+
+
+def _propagates_nothing(context: Context | None) -> bool:
+    """Whether Langfuse's processor finds no propagated attribute in ``context`` (no value
+    set by ``propagate_attributes``, no baggage)."""
+    if context is None:
+        return False
+    return not any(
+        isinstance(key, str) and key.startswith(_PROPAGATED_PREFIX) for key in context
+    ) and not baggage.get_all(context)
+
+
+class _RootProcessors(SpanProcessor):
+    """The provider's span processors, in their order, as they run for the middleware's
+    roots: Langfuse's processor of the client's key does its part for a root directly.
+
+    For a parentless span of its own client, started in a context with nothing
+    propagated, that processor (``LangfuseSpanProcessor.on_start``/``on_end``) finds no
+    attribute to propagate, marks the span as the trace's app root, remembers that it is
+    exported (children look that up), and at the end hands it to its batch queue and
+    forgets it. Done directly, the same work costs a fraction (no export-filter calls, no
+    id formatting twice, no attribute-limit pass). :func:`root_shortcut_works` checks at
+    start-up that both give the same spans."""
+
+    def __init__(self, multi: Any, langfuse: LangfuseSpanProcessor) -> None:
+        self._multi = multi
+        self._langfuse = langfuse
+        self._expected: dict[str, bool] = langfuse._span_export_expectation_by_id
+        self._lock = langfuse._app_root_lock
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        for processor in self._multi._span_processors:
+            if processor is self._langfuse and _IS_APP_ROOT in (span.attributes or {}):
+                with self._lock:
+                    self._expected[format_span_id(span.context.span_id)] = True
+            else:
+                processor.on_start(span, parent_context=parent_context)
+
+    def _on_ending(self, span: Span) -> None:
+        for processor in self._multi._span_processors:
+            processor._on_ending(span)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        for processor in self._multi._span_processors:
+            if processor is self._langfuse:
+                try:
+                    BatchSpanProcessor.on_end(processor, span)
+                finally:
+                    with self._lock:
+                        self._expected.pop(format_span_id(span.context.span_id), None)
+            else:
+                processor.on_end(span)
+
+
+def _shortcut_start_root(tracer: Any, langfuse: LangfuseSpanProcessor, multi: Any) -> StartRoot:
+    root_tracer = copy.copy(tracer)
+    root_tracer.span_processor = _RootProcessors(multi, langfuse)
+    limits = getattr(tracer, "_span_limits", None)
+    room = getattr(limits, "max_attributes", None) or 128
+
+    def start_root(name: str, parent: Context, attributes: dict[str, Any]) -> Span:
+        if (
+            len(attributes) >= room
+            or otel_trace.get_current_span(parent).get_span_context().is_valid
+            or not _propagates_nothing(parent)
+        ):
+            return cast(Span, tracer.start_span(name, context=parent, attributes=attributes))
+        span = root_tracer.start_span(
+            name, context=parent, attributes={**attributes, _IS_APP_ROOT: True}
+        )
+        return cast(Span, span)
+
+    return start_root
+
+
+def _langfuse_processor(provider: TracerProvider, public_key: str) -> LangfuseSpanProcessor | None:
+    multi: Any = provider._active_span_processor
+    for processor in multi._span_processors:
+        if isinstance(processor, LangfuseSpanProcessor) and processor.public_key == public_key:
+            return processor
+    return None
+
+
+def _can_shortcut(tracer: Any, langfuse: LangfuseSpanProcessor, public_key: str) -> bool:
+    """Whether this client's roots are what the shortcut assumes: started by its own
+    Langfuse tracer, exported by Langfuse's default filter, no skills to attach."""
+    scope = getattr(tracer, "_instrumentation_scope", None)
+    return (
+        isinstance(tracer, otel_trace.Tracer)
+        and hasattr(tracer, "span_processor")
+        and getattr(scope, "name", None) == LANGFUSE_TRACER_NAME
+        and (getattr(scope, "attributes", None) or {}).get("public_key") == public_key
+        and getattr(langfuse, "_should_export_span", None) is is_default_export_span
+        and getattr(langfuse, "_available_skills", None) is None
+        and isinstance(getattr(langfuse, "_span_export_expectation_by_id", None), dict)
+        and hasattr(getattr(langfuse, "_app_root_lock", None), "__enter__")
+    )
+
+
+def _probe_roots(shortcut: bool) -> list[tuple[Any, ...]]:
+    """A root and a child started as the middleware starts them, on a private provider with
+    a Langfuse processor, through the shortcut or not; what the processor exported, and
+    what it still remembers afterwards."""
+    keep = _Keep()
+    provider = TracerProvider()
+    processor = LangfuseSpanProcessor(
+        public_key="pk-lemma-check",
+        secret_key="sk-lemma-check",
+        base_url="http://127.0.0.1:9",
+        span_exporter=keep,
+    )
+    try:
+        provider.add_span_processor(processor)
+        tracer = provider.get_tracer(
+            LANGFUSE_TRACER_NAME, "check", attributes={"public_key": "pk-lemma-check"}
+        )
+        start_root = (
+            _shortcut_start_root(tracer, processor, provider._active_span_processor)
+            if shortcut
+            else _tracer_start_root(tracer)
+        )
+        parent = otel_trace.set_span_in_context(otel_trace.INVALID_SPAN, Context())
+        root = start_root("agent", parent, {"langfuse.observation.type": "agent", "n": 1})
+        root.set_attributes({"langfuse.observation.input": '{"q": "x"}'})
+        inside = otel_trace.set_span_in_context(root, parent)
+        child = tracer.start_span("llm", context=inside, attributes={"gen_ai.system": "x"})
+        child.end()
+        root.end()
+        processor.force_flush()
+        remembered = dict(processor._span_export_expectation_by_id)
+    finally:
+        processor.shutdown()  # type: ignore[no-untyped-call]
+        provider.shutdown()
+    return [
+        (
+            s.name,
+            tuple((s.attributes or {}).items()),
+            s.parent is not None,
+            s.kind,
+            s.status.status_code,
+        )
+        for s in keep.spans
+    ] + [("remembered", tuple(remembered.items()))]
+
+
+@cache
+def root_shortcut_works() -> bool:
+    """Whether roots started through the shortcut come out as Langfuse's processor makes
+    them (checked once, on a private provider)."""
+    try:
+        works = _probe_roots(shortcut=True) == _probe_roots(shortcut=False)
+    except Exception:
+        works = False
+    if not works:
+        _missing(
+            "LangfuseSpanProcessor's app-root bookkeeping as this version knows it",
+            "roots go through Langfuse's span processor (slower)",
+        )
+    return works
+
+
+def shortcut_roots(client: Langfuse, access: ClientAccess) -> ClientAccess:
+    """``access`` starting roots through :class:`_RootProcessors` when the client and this
+    Langfuse version allow it; unchanged otherwise."""
+    if access.provider is None or access.public_key is None:
+        return access
+    tracer = _client_internal(client, "tracer")
+    try:
+        langfuse = _langfuse_processor(access.provider, access.public_key)
+        if langfuse is None or not _can_shortcut(tracer, langfuse, access.public_key):
+            return access
+        if not root_shortcut_works():
+            return access
+        multi = access.provider._active_span_processor
+        return dataclasses.replace(access, start_root=_shortcut_start_root(tracer, langfuse, multi))
+    except Exception:
+        return access
 
 
 # Langfuse's media pass -----------------------------------------------------------------

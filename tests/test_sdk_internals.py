@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from langfuse import Langfuse
+from opentelemetry.context import Context
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -243,4 +244,121 @@ def test_a_client_masking_spans_at_export_keeps_the_whole_media_pass() -> None:
     exporter = _Recording()
     _, provider, key = _client_with(exporter, mask_otel_spans=lambda **kwargs: None)
     assert isinstance(langfuse_exporter(provider, key), LangfuseTransformingSpanExporter)
+    provider.shutdown()
+
+
+# the root's span processors ----------------------------------------------------------------
+
+
+async def _trace_through(shortcut: bool, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """One request's spans (root and children, as exported) with roots started through
+    the shortcut or through Langfuse's processor."""
+    from lemma_middleware import sdk
+    from lemma_middleware.testing import TraceCapture
+
+    monkeypatch.setattr(sdk, "root_shortcut_works", lambda: shortcut)
+    capture = TraceCapture()
+    try:
+        await post(make_app(capture.client), "/children", json={"message": "hi"}, headers=HEADERS)
+        spans = capture.spans()
+        assert check_traces(spans) == []
+        volatile = {"langfuse.observation.output", "langfuse.trace.output"}
+        return sorted(
+            (
+                s.name,
+                s.parent is None,
+                [(k, v) for k, v in s.attributes.items() if k not in volatile],
+            )
+            for s in spans
+        )
+    finally:
+        capture.close()
+
+
+async def test_roots_started_directly_come_out_as_langfuses_processor_makes_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Same attributes in the same order on the root and on every child (only the root is
+    the app root), whichever way the root was started."""
+    from lemma_middleware import sdk
+
+    assert sdk.root_shortcut_works()
+    direct = await _trace_through(True, monkeypatch)
+    through_langfuse = await _trace_through(False, monkeypatch)
+    assert direct == through_langfuse
+    app_roots = [
+        (name, parentless)
+        for name, parentless, attributes in direct
+        if ("langfuse.internal.is_app_root", True) in attributes
+    ]
+    assert len(direct) > 2 and len(app_roots) == 1 and app_roots[0][1]
+
+
+def test_the_middlewares_clients_start_roots_directly(captured: Captured) -> None:
+    from lemma_middleware.export import wire_client
+    from lemma_middleware.sdk import _RootProcessors
+
+    access = wire_client(captured.client)
+    span = access.start_root("agent", Context(), {"langfuse.observation.type": "agent"})
+    assert isinstance(span._span_processor, _RootProcessors)
+    span.end()
+
+
+def test_a_root_in_a_context_with_propagated_attributes_goes_through_langfuses_processor(
+    captured: Captured,
+) -> None:
+    """Langfuse's processor writes what an enclosing ``propagate_attributes`` carries onto
+    the root: that case takes the full path."""
+    from langfuse import propagate_attributes
+    from opentelemetry import context as otel_context
+
+    from lemma_middleware.export import wire_client
+    from lemma_middleware.sdk import _RootProcessors
+
+    access = wire_client(captured.client)
+    with propagate_attributes(user_id="outer-user"):
+        span = access.start_root("agent", otel_context.get_current(), {"n": 1})
+    assert not isinstance(span._span_processor, _RootProcessors)
+    span.end()
+    captured.client.flush()
+    (root,) = [s for s in captured.spans() if s.name == "agent"]
+    assert root.attributes["user.id"] == "outer-user"
+    assert root.attributes["langfuse.internal.is_app_root"] is True
+
+
+@pytest.mark.expect_internal_errors
+def test_a_langfuse_whose_app_root_bookkeeping_changed_keeps_the_full_path(
+    monkeypatch: pytest.MonkeyPatch, no_internal_errors: Any
+) -> None:
+    """If the shortcut stops matching Langfuse (here: it forgets to remember the root as
+    exported, so the child would be marked an app root too), the start-up check says so
+    and roots go through Langfuse's processor."""
+    from lemma_middleware import sdk
+
+    forgetful = lambda self, span, parent_context=None: None  # noqa: E731
+    monkeypatch.setattr(sdk._RootProcessors, "on_start", forgetful)
+    sdk.root_shortcut_works.cache_clear()
+    try:
+        assert not sdk.root_shortcut_works()
+        client, provider, _ = _client_with(InMemorySpanExporter())
+        from lemma_middleware.export import wire_client
+
+        span = wire_client(client).start_root("agent", Context(), {"n": 1})
+        assert not isinstance(span._span_processor, sdk._RootProcessors)
+        span.end()
+        provider.shutdown()
+    finally:
+        sdk.root_shortcut_works.cache_clear()
+    messages = [r.getMessage() for r in no_internal_errors.records]
+    assert any("app-root bookkeeping" in m for m in messages), messages
+
+
+def test_a_client_with_its_own_export_filter_keeps_the_full_path() -> None:
+    from lemma_middleware.export import wire_client
+    from lemma_middleware.sdk import _RootProcessors
+
+    client, provider, _ = _client_with(InMemorySpanExporter(), should_export_span=lambda s: True)
+    span = wire_client(client).start_root("agent", Context(), {"n": 1})
+    assert not isinstance(span._span_processor, _RootProcessors)
+    span.end()
     provider.shutdown()
