@@ -434,12 +434,20 @@ def local_inbox(database: Path) -> Iterator[dict[str, str]]:
 # end to end -----------------------------------------------------------------------------
 
 WRK_SCRIPT = """
+-- Every request belongs to one of 100,000 conversations of 5,000 users (one tenant), as
+-- an agent's traffic does: no per-value cache anywhere sees the same ids over and over.
 wrk.method = "POST"
 wrk.body = '{"message": "where is my parcel?"}'
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["X-Conversation-Id"] = "conv-1"
-wrk.headers["X-User-Id"] = "user-1"
-wrk.headers["X-Tenant-Id"] = "acme"
+math.randomseed(os.time())
+request = function()
+  local conversation = math.random(1, 100000)
+  return wrk.format(nil, nil, {
+    ["Content-Type"] = "application/json",
+    ["X-Conversation-Id"] = "conv-" .. conversation,
+    ["X-User-Id"] = "user-" .. (conversation % 5000),
+    ["X-Tenant-Id"] = "acme",
+  })
+end
 """
 
 

@@ -34,6 +34,15 @@ SpanExporter._exporter``        copy of every span)
 the text of Langfuse's          noticing a client created     no warning that it stays
 "initialized without            before the middleware's       disabled
 public_key" log line            with no key (Lemma/OTLP only)
+``LangfuseSpanProcessor.        doing that processor's part   roots go through Langfuse's
+_span_export_expectation_by     for the middleware's roots    processor (slower)
+_id``, ``_app_root_lock``,      directly (the app-root mark
+``_should_export_span``,        and the bookkeeping children
+``_available_skills``; the      look up), through a copy of
+SDK ``Tracer``'s                the client's tracer
+``span_processor``,
+``_instrumentation_scope``,
+``_span_limits``
 ``LangfuseResourceManager.      noticing that a Langfuse      no warning that the client's
 _instances``                    client for the key exists     settings are not the middleware's
                                 already (its settings win)
@@ -334,19 +343,29 @@ def _langfuse_processor(provider: TracerProvider, public_key: str) -> LangfuseSp
 
 
 def _can_shortcut(tracer: Any, langfuse: LangfuseSpanProcessor, public_key: str) -> bool:
-    """Whether this client's roots are what the shortcut assumes: started by its own
-    Langfuse tracer, exported by Langfuse's default filter, no skills to attach."""
+    """Whether this client's roots are what the shortcut assumes (started by its own
+    Langfuse tracer, exported by Langfuse's default filter, no skills to attach), and the
+    processor keeps its app-root bookkeeping where the shortcut expects it (logged if not)."""
     scope = getattr(tracer, "_instrumentation_scope", None)
-    return (
-        isinstance(tracer, otel_trace.Tracer)
-        and hasattr(tracer, "span_processor")
-        and getattr(scope, "name", None) == LANGFUSE_TRACER_NAME
+    if not (
+        getattr(scope, "name", None) == LANGFUSE_TRACER_NAME
         and (getattr(scope, "attributes", None) or {}).get("public_key") == public_key
         and getattr(langfuse, "_should_export_span", None) is is_default_export_span
         and getattr(langfuse, "_available_skills", None) is None
+    ):
+        return False  # the client's own configuration: Langfuse's processor does its work
+    if (
+        isinstance(tracer, otel_trace.Tracer)
+        and hasattr(tracer, "span_processor")
         and isinstance(getattr(langfuse, "_span_export_expectation_by_id", None), dict)
         and hasattr(getattr(langfuse, "_app_root_lock", None), "__enter__")
+    ):
+        return True
+    _missing(
+        "LangfuseSpanProcessor's app-root bookkeeping as this version knows it",
+        "roots go through Langfuse's span processor (slower)",
     )
+    return False
 
 
 def _probe_roots(shortcut: bool) -> list[tuple[Any, ...]]:
@@ -574,16 +593,16 @@ PROPAGATION_KEY_FUNCTION = "_get_propagated_context_key"
 
 def _direct_propagation(base: Context, arguments: dict[str, Any]) -> Context:
     context_key = getattr(langfuse_propagation, PROPAGATION_KEY_FUNCTION)
-    context = base
+    values = dict(base)  # one new context, rather than one per value
     for name, value in arguments.items():
         if value is None:
             continue
         key = context_key(name)
         if isinstance(value, dict):  # metadata: JSON text, merged with an enclosing one's
-            enclosing: dict[str, str] = otel_context.get_value(key, context) or {}  # type: ignore[assignment]
+            enclosing: dict[str, str] = base.get(key) or {}  # type: ignore[assignment]
             value = enclosing | {k: json_text(v) for k, v in value.items()}
-        context = otel_context.set_value(key, value, context)
-    return context
+        values[key] = value
+    return Context(values)
 
 
 @cache

@@ -362,3 +362,29 @@ def test_a_client_with_its_own_export_filter_keeps_the_full_path() -> None:
     assert not isinstance(span._span_processor, _RootProcessors)
     span.end()
     provider.shutdown()
+
+
+@pytest.mark.expect_internal_errors
+def test_a_langfuse_without_the_app_root_bookkeeping_says_so_and_keeps_the_full_path(
+    no_internal_errors: Any,
+) -> None:
+    from lemma_middleware.export import wire_client
+    from lemma_middleware.sdk import _langfuse_processor, _RootProcessors
+
+    provider, key = TracerProvider(), f"pk-old-{next(_keys)}"
+    client = Langfuse(
+        public_key=key,
+        secret_key="sk",
+        tracer_provider=provider,
+        span_exporter=InMemorySpanExporter(),
+    )
+    processor = _langfuse_processor(provider, key)
+    assert processor is not None
+    del processor._span_export_expectation_by_id  # as a Langfuse without it would be
+    span = wire_client(client).start_root("agent", Context(), {"n": 1})
+    assert not isinstance(span._span_processor, _RootProcessors)
+    messages = [r.getMessage() for r in no_internal_errors.records]
+    assert any("app-root bookkeeping" in m for m in messages), messages
+    processor._span_export_expectation_by_id = {}
+    span.end()
+    provider.shutdown()
