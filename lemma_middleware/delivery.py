@@ -43,7 +43,7 @@ from email.utils import parsedate_to_datetime
 from typing import NamedTuple
 
 import requests
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from .logs import logger
@@ -170,9 +170,12 @@ class DeliveryExporter(SpanExporter):
     """The span exporter for one destination.
 
     Batches are queued (bounded) for a sender thread that does all network I/O. While the
-    destination answers, :meth:`export` waits for its batch to be delivered (at most one
-    attempt's ``timeout``), so flushes mean delivered; while it is down, :meth:`export`
-    returns at once and the sender retries the oldest batch with backoff."""
+    destination keeps up, :meth:`export` waits for its batch to be delivered (at most one
+    attempt's ``timeout``); when batches are already waiting (a burst, a slow destination)
+    it returns at once and the batch is sent in order behind them, so the batch processor's
+    queue never overflows while the backlog has room. While the destination is down,
+    :meth:`export` returns at once and the sender retries the oldest batch with backoff.
+    A flush of the provider still means delivered: :class:`FlushWaitsForDelivery`."""
 
     def __init__(
         self,
@@ -213,8 +216,11 @@ class DeliveryExporter(SpanExporter):
             if self._closed:
                 self.stats.dropped_at_exit += batch.spans
                 return SpanExportResult.FAILURE
+            behind_others = bool(self._backlog)
             if not self._queue(batch):
                 return SpanExportResult.FAILURE
+            if behind_others:
+                return SpanExportResult.SUCCESS  # sent in order; a flush waits for it
             # Wait for the sender's verdict while the destination answers, a little longer
             # than its attempt may take; never past the deadline of a bounded flush or exit.
             give_up = time.monotonic() + self.timeout + 0.25
@@ -226,6 +232,19 @@ class DeliveryExporter(SpanExporter):
             if batch.settled and not batch.delivered:
                 return SpanExportResult.FAILURE
             return SpanExportResult.SUCCESS  # delivered, or kept for retry
+
+    def wait_while_up(self, timeout: float) -> bool:
+        """Wait until the backlog is delivered while the destination answers (at most
+        ``timeout`` seconds, and never past a bounded flush's deadline); return at once
+        while it is down (the backlog is kept for retry). True when nothing is waiting."""
+        give_up = time.monotonic() + timeout
+        with self._changed:
+            while self._backlog and self.stats.down_since is None and not self._closed:
+                remaining = min(give_up - time.monotonic(), _deadline.remaining(give_up))
+                if remaining <= 0:
+                    break
+                self._changed.wait(min(remaining, 0.1))
+            return not self._backlog
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         """Wait until the backlog is delivered, at most ``timeout_millis``."""
@@ -382,6 +401,25 @@ class DeliveryExporter(SpanExporter):
             self.stats.dropped,
             self.stats.dropped_backlog_full,
             self.stats.dropped_rejected,
+        )
+
+
+class FlushWaitsForDelivery(SpanProcessor):
+    """Added last to a provider whose spans go through delivery exporters: a flush of the
+    provider (Langfuse's ``flush()``) returns once what the processors before it handed
+    over is delivered, as long as the destinations answer (see
+    :meth:`DeliveryExporter.wait_while_up`), or its timeout passed."""
+
+    exports_by_langfuse_filter = True  # it exports nothing
+
+    def __init__(self, exporters: Sequence[DeliveryExporter]) -> None:
+        self.exporters = tuple(exporters)
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        deadline = time.monotonic() + timeout_millis / 1000
+        return all(
+            exporter.wait_while_up(max(deadline - time.monotonic(), 0.0))
+            for exporter in self.exporters
         )
 
 

@@ -33,11 +33,17 @@ from typing import Any
 
 import langfuse
 from langfuse import Langfuse
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter
 
 from .capture import Redactor
-from .delivery import DEFAULT_MAX_BACKLOG_BYTES, DeliveryExporter, OTLPHTTPSender, watch_provider
+from .delivery import (
+    DEFAULT_MAX_BACKLOG_BYTES,
+    DeliveryExporter,
+    FlushWaitsForDelivery,
+    OTLPHTTPSender,
+    watch_provider,
+)
 from .logs import announce, log_once, logger
 from .processors import DestinationProcessor, ExportFilter, wire_provider
 from .provider import OwnedTracerProvider, provider_for
@@ -314,6 +320,7 @@ def build_client(
         langfuse_destination = next((d for d in destinations if d.langfuse_account), None)
         extra = [d for d in destinations if d is not langfuse_destination]
         langfuse_kwargs: dict[str, Any] = {}
+        delivering: list[DeliveryExporter] = []  # every exporter of this client
         if span_exporter is not None:
             pk = public_key or f"lemma-mw-{id(span_exporter):x}"
             langfuse_kwargs = {
@@ -330,6 +337,7 @@ def build_client(
                 "base_url": base_url,
                 "span_exporter": _exporter(langfuse_destination, timeout, backlog_bytes),
             }
+            delivering.append(langfuse_kwargs["span_exporter"])
         else:
             primary = extra.pop(0)
             digest = hashlib.sha256(repr(primary).encode()).hexdigest()[:12]
@@ -339,6 +347,7 @@ def build_client(
                 "secret_key": "unused",
                 "span_exporter": _exporter(primary, timeout, backlog_bytes),
             }
+            delivering.append(langfuse_kwargs["span_exporter"])
 
         if span_exporter is None and langfuse_destination is None and keyless_client_created():
             logger.warning(
@@ -369,9 +378,12 @@ def build_client(
                 flush_at=flush_at,
                 **langfuse_kwargs,
             )
+            extra_exporters = [_exporter(d, timeout, backlog_bytes) for d in extra]
+            delivering += extra_exporters
             wire_client(
                 client,
-                [_exporter(destination, timeout, backlog_bytes) for destination in extra],
+                extra_exporters,
+                delivering,
                 schedule_delay_millis=flush_interval * 1000,
                 max_export_batch_size=flush_at,
                 export_timeout_millis=timeout * 1000,
@@ -388,11 +400,15 @@ def build_client(
 
 
 def wire_client(
-    client: Langfuse, extra: Sequence[SpanExporter] = (), **batch_options: Any
+    client: Langfuse,
+    extra: Sequence[SpanExporter] = (),
+    delivering: Sequence[DeliveryExporter] = (),
+    **batch_options: Any,
 ) -> ClientAccess:
     """Add the middleware's processors to the tracer provider ``client`` really uses (the
-    one path for clients built here and clients users bring): ancestry, request scope, and
-    a batch processor (``batch_options``) for each ``extra`` exporter."""
+    one path for clients built here and clients users bring): ancestry, request scope, a
+    batch processor (``batch_options``) for each ``extra`` exporter, and last, when the
+    client delivers through ``delivering``, :class:`FlushWaitsForDelivery`."""
     access = inspect_client(client)
     if access.provider is None or access.public_key is None:
         if access.enabled:
@@ -405,9 +421,11 @@ def wire_client(
             )
         return access
     exported = ExportFilter(access.public_key, access.should_export)
-    processors = tuple(
+    processors: tuple[SpanProcessor, ...] = tuple(
         DestinationProcessor(exporter, exported, **batch_options) for exporter in extra
     )
+    if delivering:
+        processors += (FlushWaitsForDelivery(delivering),)
     wire_provider(access.provider, exported, processors)
     screen_media_pass(access.provider, access.public_key)
     return shortcut_roots(client, access)

@@ -21,6 +21,8 @@ class FlakyDestination:
         self.mode: str | int = "up"
         self.retry_after: str | None = None
         self.hang_seconds = 30.0
+        self.delay = 0.0
+        """Seconds an ``up`` destination takes before it answers (a slow collector)."""
         self.span_names: list[str] = []
         self.attempts = 0
         self._lock = threading.Lock()
@@ -88,6 +90,7 @@ class FlakyDestination:
             handler.send_header("Content-Length", "0")
             handler.end_headers()
             return
+        time.sleep(self.delay)
         if handler.headers.get("Content-Encoding") == "gzip":
             body = _gunzip(body, 64 << 20)
         spans = decode_export(body, handler.headers.get("Content-Type", ""))

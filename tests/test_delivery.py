@@ -271,3 +271,25 @@ def test_the_langfuse_destination_sends_what_langfuse_own_exporter_sends() -> No
         if name.startswith("x-langfuse-")
     }
     assert langfuse_headers and langfuse_headers.items() <= our_request.headers.items()
+
+
+def test_a_slow_destination_never_overflows_the_batch_queue_and_flush_still_means_delivered(
+    destination: FlakyDestination,
+) -> None:
+    """With the destination answering slower than batches are made, the batch processor
+    hands batches over without waiting for each answer (its queue does not overflow: no
+    span is dropped), they are delivered in order, and Langfuse's ``flush()`` returns once
+    every one of them is delivered."""
+    destination.delay = 0.15
+    exporting = exporting_to(destination.url)  # batches of 8 spans
+    names = turns("burst", 120)  # 15 batches: 2.25 s of answers
+    started = time.monotonic()
+    exporting.emit(names)
+    exporting.provider.force_flush(timeout_millis=0)  # hands every batch over
+    handed_over = time.monotonic() - started
+    assert handed_over < 1.0, handed_over  # not 15 answers' worth
+    exporting.client.flush()  # Langfuse's own flush: waits for delivery
+    assert set(names) <= set(destination.span_names)
+    assert destination.span_names == sorted(destination.span_names, key=names.index)
+    stats = exporting.exporter.stats
+    assert stats.dropped == 0 and stats.backlog_spans == 0 and stats.delivered >= len(names)
