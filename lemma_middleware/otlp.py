@@ -58,11 +58,11 @@ def _varint_slow(value: int) -> bytes:
     return bytes(out)
 
 
-_SMALL_VARINTS = [_varint_slow(n) for n in range(1 << 14)]
+_SMALL_VARINTS = [_varint_slow(n) for n in range(1 << 11)]  # every length below 2 KB
 
 
 def _varint(value: int) -> bytes:
-    return _SMALL_VARINTS[value] if 0 <= value < 0x4000 else _varint_slow(value)
+    return _SMALL_VARINTS[value] if 0 <= value < 0x800 else _varint_slow(value)
 
 
 def _field(tag: int, payload: bytes) -> bytes:

@@ -258,6 +258,10 @@ def add_processor_first(provider: TracerProvider, processor: SpanProcessor) -> N
 # the root's span processors ---------------------------------------------------------------
 
 _PROPAGATED_PREFIX = "langfuse.propagated."
+_NO_ROOT_SHORTCUT = (
+    "LangfuseSpanProcessor's app-root bookkeeping as this version knows it",
+    "roots go through Langfuse's span processor (slower)",
+)
 _IS_APP_ROOT = "langfuse.internal.is_app_root"
 
 
@@ -316,12 +320,12 @@ class _RootProcessors(SpanProcessor):
 def _shortcut_start_root(tracer: Any, langfuse: LangfuseSpanProcessor, multi: Any) -> StartRoot:
     root_tracer = copy.copy(tracer)
     root_tracer.span_processor = _RootProcessors(multi, langfuse)
-    limits = getattr(tracer, "_span_limits", None)
-    room = getattr(limits, "max_attributes", None) or 128
+    room = getattr(getattr(tracer, "_span_limits", None), "max_span_attributes", 128)
+    room = float("inf") if room is None else room  # None: no limit
 
     def start_root(name: str, parent: Context, attributes: dict[str, Any]) -> Span:
         if (
-            len(attributes) >= room
+            len(attributes) >= room  # Langfuse would drop its mark rather than evict ours
             or otel_trace.get_current_span(parent).get_span_context().is_valid
             or not _propagates_nothing(parent)
         ):
@@ -361,10 +365,7 @@ def _can_shortcut(tracer: Any, langfuse: LangfuseSpanProcessor, public_key: str)
         and hasattr(getattr(langfuse, "_app_root_lock", None), "__enter__")
     ):
         return True
-    _missing(
-        "LangfuseSpanProcessor's app-root bookkeeping as this version knows it",
-        "roots go through Langfuse's span processor (slower)",
-    )
+    _missing(*_NO_ROOT_SHORTCUT)
     return False
 
 
@@ -423,10 +424,7 @@ def root_shortcut_works() -> bool:
     except Exception:
         works = False
     if not works:
-        _missing(
-            "LangfuseSpanProcessor's app-root bookkeeping as this version knows it",
-            "roots go through Langfuse's span processor (slower)",
-        )
+        _missing(*_NO_ROOT_SHORTCUT)
     return works
 
 
