@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -71,6 +73,32 @@ def environ_without_destinations() -> dict[str, str]:
     """This process's environment without any ``LANGFUSE_*``/``LEMMA_*`` variable: what a
     server or app started by a test gets before the test says where traces go."""
     return {k: v for k, v in os.environ.items() if not k.startswith(("LANGFUSE_", "LEMMA_"))}
+
+
+def langfuse_environ(base_url: str, public_key: str, secret_key: str) -> dict[str, str]:
+    """The variables that send a process's Langfuse export to ``base_url``."""
+    return {
+        "LANGFUSE_PUBLIC_KEY": public_key,
+        "LANGFUSE_SECRET_KEY": secret_key,
+        "LANGFUSE_HOST": base_url,
+    }
+
+
+def run_test_app(module: str, env: dict[str, str], timeout: float) -> str:
+    """Run ``python -m <module>`` from the project root with ``env``; its stderr (the test
+    fails if it exits with an error)."""
+    from examples.demo import ROOT
+
+    run = subprocess.run(
+        [sys.executable, "-m", module],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    return run.stderr
 
 
 DESTINATION_VARIABLES = (

@@ -17,7 +17,7 @@ from examples.demo import start_gunicorn, start_uvicorn
 from lemma_middleware.contract import check_traces
 from lemma_middleware.receiver import OTLPReceiver, ReceivedSpan
 
-from .conftest import environ_without_destinations
+from .conftest import environ_without_destinations, langfuse_environ
 
 HEADERS = {"x-conversation-id": "conv-42", "x-user-id": "alice", "x-tenant-id": "acme"}
 
@@ -36,12 +36,8 @@ def converse(billing_app: str, start_billing: Any = start_uvicorn, **billing_env
     """Serve both agents, send one turn to the front one; every span both exported."""
     with OTLPReceiver(keys={"pk-chain": "sk-chain"}) as receiver:
         base = environ_without_destinations()
-        base |= {
-            "LANGFUSE_PUBLIC_KEY": "pk-chain",
-            "LANGFUSE_SECRET_KEY": "sk-chain",
-            "LANGFUSE_HOST": receiver.base_url,
-            "LANGFUSE_FLUSH_INTERVAL": "0.2",
-        }
+        base |= langfuse_environ(receiver.base_url, "pk-chain", "sk-chain")
+        base["LANGFUSE_FLUSH_INTERVAL"] = "0.2"
         with served(start_billing, billing_app, base | billing_env) as billing:
             front_env = base | {"DOWNSTREAM_URL": f"{billing}/chat"}
             with served(start_uvicorn, "tests.chain_apps:front", front_env) as front:

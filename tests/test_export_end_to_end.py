@@ -16,7 +16,7 @@ from examples.demo import free_port, start_gunicorn, start_uvicorn
 from lemma_middleware import resolve_destinations
 from lemma_middleware.receiver import OTLPReceiver
 
-from .conftest import environ_without_destinations
+from .conftest import environ_without_destinations, langfuse_environ
 
 PROJECT_ID = "5b0c7b3e-8f6d-4a43-9d0e-3f1f6f2b9a11"
 
@@ -55,11 +55,7 @@ def chat(url: str, message: str, thread: str, stream: bool = False) -> httpx.Res
 def test_example_under_uvicorn_exports_real_protobuf_to_langfuse_endpoint(
     receiver: OTLPReceiver,
 ) -> None:
-    env = {
-        "LANGFUSE_PUBLIC_KEY": "pk-e2e",
-        "LANGFUSE_SECRET_KEY": "sk-e2e",
-        "LANGFUSE_HOST": receiver.base_url,
-    }
+    env = langfuse_environ(receiver.base_url, "pk-e2e", "sk-e2e")
     for url in serve(env):
         assert chat(url, "hello", "thread-1").status_code == 200
         assert chat(url, "refund please", "thread-1", stream=True).status_code == 200
@@ -91,10 +87,7 @@ def test_example_under_uvicorn_exports_real_protobuf_to_langfuse_endpoint(
 
 
 def test_lemma_and_langfuse_at_once_each_with_their_own_auth(receiver: OTLPReceiver) -> None:
-    env = {
-        "LANGFUSE_PUBLIC_KEY": "pk-e2e",
-        "LANGFUSE_SECRET_KEY": "sk-e2e",
-        "LANGFUSE_HOST": receiver.base_url,
+    env = langfuse_environ(receiver.base_url, "pk-e2e", "sk-e2e") | {
         "LEMMA_API_KEY": "lemma-key",
         "LEMMA_PROJECT_ID": PROJECT_ID,
         "LEMMA_BASE_URL": f"{receiver.base_url}/otel/v1/traces",
@@ -135,12 +128,7 @@ def test_lemma_only_needs_no_langfuse_account(receiver: OTLPReceiver) -> None:
 )
 def test_langfuse_unreachable_costs_the_requests_nothing(start: Any, app: str) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
-    env = {
-        "LANGFUSE_PUBLIC_KEY": "pk-e2e",
-        "LANGFUSE_SECRET_KEY": "sk-e2e",
-        "LANGFUSE_HOST": dead,
-        "LANGFUSE_FLUSH_INTERVAL": "0.05",
-    }
+    env = langfuse_environ(dead, "pk-e2e", "sk-e2e") | {"LANGFUSE_FLUSH_INTERVAL": "0.05"}
     started = time.monotonic()
     for url in serve(env, start, app):
         durations = []
@@ -176,11 +164,7 @@ def test_misconfiguration_is_reported_and_that_destination_left_out() -> None:
 def test_flask_example_under_gunicorn_workers_exports_every_trace(
     receiver: OTLPReceiver, preload: bool
 ) -> None:
-    env = {
-        "LANGFUSE_PUBLIC_KEY": "pk-e2e",
-        "LANGFUSE_SECRET_KEY": "sk-e2e",
-        "LANGFUSE_HOST": receiver.base_url,
-    }
+    env = langfuse_environ(receiver.base_url, "pk-e2e", "sk-e2e")
     start = partial(start_gunicorn, preload=preload)
     trace_ids: set[str] = set()
     for url in serve(env, start, "examples.flask_app.app:app"):

@@ -8,17 +8,15 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 
 import pytest
 
-from examples.demo import ROOT, start_uvicorn
+from examples.demo import start_uvicorn
 from lemma_middleware.contract import check_traces
 from lemma_middleware.receiver import OTLPReceiver, ReceivedSpan
 
-from .conftest import environ_without_destinations
+from .conftest import environ_without_destinations, langfuse_environ, run_test_app
 
 pytest.importorskip("openai", reason="the llm extra is not installed")
 
@@ -62,25 +60,15 @@ def test_each_request_is_one_trace_with_its_llm_spans_under_the_root(
     paths = STACKS[stack]
     with OTLPReceiver(keys={"pk-llm": "sk-llm"}) as receiver:
         env = environ_without_destinations()
+        env |= langfuse_environ(receiver.base_url, "pk-llm", "sk-llm")
         env |= {
-            "LANGFUSE_PUBLIC_KEY": "pk-llm",
-            "LANGFUSE_SECRET_KEY": "sk-llm",
-            "LANGFUSE_HOST": receiver.base_url,
             "OPENAI_BASE_URL": fake_openai,
             "OPENAI_API_KEY": "fake-key",
             "STACK": stack,
             "FRAMEWORK": framework,
             "REQUESTS": ",".join(paths),
         }
-        run = subprocess.run(
-            [sys.executable, "-m", "tests.llm_app"],
-            env=env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert run.returncode == 0, run.stderr[-4000:]
+        run_test_app("tests.llm_app", env, timeout=120)
         spans = receiver.spans
     roots = [s for s in spans if s.parent_span_id is None]
     assert len(roots) == len(paths), sorted(s.name for s in spans)

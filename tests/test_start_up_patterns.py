@@ -6,26 +6,18 @@ request at every destination: one root, the LLM and tool spans under it with the
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
-from examples.demo import ROOT
 from lemma_middleware.contract import check_traces
 from lemma_middleware.receiver import OTLPReceiver
 
-from .conftest import environ_without_destinations
+from .conftest import environ_without_destinations, langfuse_environ, run_test_app
 
 PROJECT_ID = "5b0c7b3e-8f6d-4a43-9d0e-3f1f6f2b9a11"
 
 
 def destinations(kind: str, base_url: str) -> dict[str, str]:
-    langfuse = {
-        "LANGFUSE_PUBLIC_KEY": "pk-start",
-        "LANGFUSE_SECRET_KEY": "sk-start",
-        "LANGFUSE_HOST": base_url,
-    }
+    langfuse = langfuse_environ(base_url, "pk-start", "sk-start")
     lemma = {
         "LEMMA_API_KEY": "lemma-key",
         "LEMMA_PROJECT_ID": PROJECT_ID,
@@ -56,16 +48,7 @@ def run_app(receiver: OTLPReceiver, kind: str, **settings: str) -> str:
     """Run the app once against ``receiver``; its stderr."""
     env = environ_without_destinations()
     env |= destinations(kind, receiver.base_url) | settings
-    run = subprocess.run(
-        [sys.executable, "-m", "tests.start_up_app"],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    return run.stderr
+    return run_test_app("tests.start_up_app", env, timeout=60)
 
 
 @pytest.mark.parametrize(("placement", "early", "kind"), CASES)
