@@ -32,6 +32,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import gzip
+import math
 import random
 import threading
 import time
@@ -225,7 +226,7 @@ class DeliveryExporter(SpanExporter):
             # than its attempt may take; never past the deadline of a bounded flush or exit.
             give_up = time.monotonic() + self.timeout + 0.25
             while not batch.settled and self.stats.down_since is None and not self._closed:
-                remaining = min(give_up - time.monotonic(), _deadline.remaining(give_up))
+                remaining = min(give_up - time.monotonic(), _deadline.remaining(math.inf))
                 if remaining <= 0:
                     break
                 self._changed.wait(min(remaining, 0.1))
@@ -235,25 +236,25 @@ class DeliveryExporter(SpanExporter):
 
     def wait_while_up(self, timeout: float) -> bool:
         """Wait until the backlog is delivered while the destination answers (at most
-        ``timeout`` seconds, and never past a bounded flush's deadline); return at once
-        while it is down (the backlog is kept for retry). True when nothing is waiting."""
-        give_up = time.monotonic() + timeout
-        with self._changed:
-            while self._backlog and self.stats.down_since is None and not self._closed:
-                remaining = min(give_up - time.monotonic(), _deadline.remaining(give_up))
-                if remaining <= 0:
-                    break
-                self._changed.wait(min(remaining, 0.1))
-            return not self._backlog
+        ``timeout`` seconds); return at once while it is down (the backlog is kept for
+        retry). True when nothing is waiting."""
+        return self._wait_for_backlog(timeout, while_down=False)
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         """Wait until the backlog is delivered, at most ``timeout_millis``."""
-        deadline = time.monotonic() + timeout_millis / 1000
+        return self._wait_for_backlog(timeout_millis / 1000, while_down=True)
+
+    def _wait_for_backlog(self, timeout: float, *, while_down: bool) -> bool:
+        """Wait until the backlog is empty, at most ``timeout`` seconds and never past a
+        bounded flush's deadline; ``while_down`` False: stop waiting while it is down."""
+        give_up = time.monotonic() + timeout
         with self._changed:
-            while self._backlog and not self._closed:
-                remaining = deadline - time.monotonic()
+            while (
+                self._backlog and not self._closed and (while_down or self.stats.down_since is None)
+            ):
+                remaining = min(give_up - time.monotonic(), _deadline.remaining(math.inf))
                 if remaining <= 0:
-                    return False
+                    break
                 self._changed.wait(min(remaining, 0.1))
             return not self._backlog
 

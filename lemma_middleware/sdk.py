@@ -295,7 +295,7 @@ class _RootProcessors(SpanProcessor):
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         for processor in self._multi._span_processors:
-            if processor is self._langfuse and _IS_APP_ROOT in (span.attributes or {}):
+            if processor is self._langfuse:  # every span started here is a marked root
                 with self._lock:
                     self._expected[format_span_id(span.context.span_id)] = True
             else:
@@ -341,7 +341,10 @@ def _shortcut_start_root(tracer: Any, langfuse: LangfuseSpanProcessor, multi: An
 def _langfuse_processor(provider: TracerProvider, public_key: str) -> LangfuseSpanProcessor | None:
     multi: Any = provider._active_span_processor
     for processor in multi._span_processors:
-        if isinstance(processor, LangfuseSpanProcessor) and processor.public_key == public_key:
+        if (
+            isinstance(processor, LangfuseSpanProcessor)
+            and getattr(processor, "public_key", None) == public_key
+        ):
             return processor
     return None
 
@@ -526,15 +529,11 @@ def _media_pass_is_identity(transforming: LangfuseTransformingSpanExporter) -> b
 def _langfuse_batch(provider: TracerProvider, public_key: str) -> Any:
     """The batch processor inside the Langfuse processor of ``public_key`` (None if the
     layout is not the known one)."""
-    multi: Any = provider._active_span_processor
-    for processor in multi._span_processors:
-        if (
-            isinstance(processor, LangfuseSpanProcessor)
-            and getattr(processor, "public_key", None) == public_key
-        ):
-            batch = processor._batch_processor
-            return batch if isinstance(batch._exporter, SpanExporter) else None
-    return None
+    processor = _langfuse_processor(provider, public_key)
+    if processor is None:
+        return None
+    batch = processor._batch_processor
+    return batch if isinstance(batch._exporter, SpanExporter) else None
 
 
 def langfuse_exporter(provider: TracerProvider, public_key: str) -> SpanExporter | None:
