@@ -170,13 +170,12 @@ class _Batch:
 class DeliveryExporter(SpanExporter):
     """The span exporter for one destination.
 
-    Batches are queued (bounded) for a sender thread that does all network I/O. While the
-    destination keeps up, :meth:`export` waits for its batch to be delivered (at most one
-    attempt's ``timeout``); when batches are already waiting (a burst, a slow destination)
-    it returns at once and the batch is sent in order behind them, so the batch processor's
-    queue never overflows while the backlog has room. While the destination is down,
-    :meth:`export` returns at once and the sender retries the oldest batch with backoff.
-    A flush of the provider still means delivered: :class:`FlushWaitsForDelivery`."""
+    :meth:`export` encodes the batch and queues it (bounded in bytes) for a sender thread
+    that does all network I/O, in order; it never waits for the network, so the batch
+    processor's queue does not overflow behind a slow destination while the backlog has
+    room. While the destination is down the sender retries the oldest batch with backoff.
+    A flush of the provider still means delivered while the destination answers:
+    :class:`FlushWaitsForDelivery`."""
 
     def __init__(
         self,
@@ -217,22 +216,9 @@ class DeliveryExporter(SpanExporter):
             if self._closed:
                 self.stats.dropped_at_exit += batch.spans
                 return SpanExportResult.FAILURE
-            behind_others = bool(self._backlog)
             if not self._queue(batch):
                 return SpanExportResult.FAILURE
-            if behind_others:
-                return SpanExportResult.SUCCESS  # sent in order; a flush waits for it
-            # Wait for the sender's verdict while the destination answers, a little longer
-            # than its attempt may take; never past the deadline of a bounded flush or exit.
-            give_up = time.monotonic() + self.timeout + 0.25
-            while not batch.settled and self.stats.down_since is None and not self._closed:
-                remaining = min(give_up - time.monotonic(), _deadline.remaining(math.inf))
-                if remaining <= 0:
-                    break
-                self._changed.wait(min(remaining, 0.1))
-            if batch.settled and not batch.delivered:
-                return SpanExportResult.FAILURE
-            return SpanExportResult.SUCCESS  # delivered, or kept for retry
+            return SpanExportResult.SUCCESS  # sent in order by the sender thread
 
     def wait_while_up(self, timeout: float) -> bool:
         """Wait until the backlog is delivered while the destination answers (at most

@@ -22,6 +22,7 @@ from examples.demo import ROOT, free_port, wait_until_up
 from lemma_middleware import build_client, delivery, export_stats
 from lemma_middleware.delivery import DeliveryExporter, OTLPHTTPSender
 from lemma_middleware.receiver import OTLPReceiver
+from lemma_middleware.sdk import _langfuse_processor, inspect_client
 
 from .conftest import environ_without_destinations
 from .flaky_destination import FlakyDestination
@@ -283,9 +284,13 @@ def test_a_slow_destination_never_overflows_the_batch_queue_and_flush_still_mean
     destination.delay = 0.15
     exporting = exporting_to(destination.url)  # batches of 8 spans
     names = turns("burst", 120)  # 15 batches: 2.25 s of answers
+    access = inspect_client(exporting.client)
+    assert access.public_key is not None
+    batch_processor = _langfuse_processor(exporting.provider, access.public_key)
+    assert batch_processor is not None
     started = time.monotonic()
     exporting.emit(names)
-    exporting.provider.force_flush(timeout_millis=0)  # hands every batch over
+    batch_processor.force_flush()  # exports every batch: hands them all over
     handed_over = time.monotonic() - started
     assert handed_over < 1.0, handed_over  # not 15 answers' worth
     exporting.client.flush()  # Langfuse's own flush: waits for delivery
