@@ -9,7 +9,7 @@ FastAPI user picks today); ``otel`` (OpenTelemetry's ASGI middleware, explicit p
 ``Langfuse()`` client, which makes its provider global); ``lemma``; ``lemma-telemetry-off``
 (``FastAPI(telemetry={"tracing": False})``: not the default); ``lemma-nocapture``.
 WSGI variants (Flask): ``bare``, ``handwritten`` (``before_request``/``teardown_request``),
-``otel`` (OpenTelemetry's WSGI instrumentation), ``lemma``.
+``otel`` (OpenTelemetry's WSGI instrumentation), ``lemma``, ``lemma-nocapture``.
 
 Servers import ``bench.apps:asgi_app`` / ``bench.apps:wsgi_app``; the variant comes from the
 environment variable ``BENCH_VARIANT``. In one process (the in-process sections) there is a
@@ -209,11 +209,17 @@ def make_wsgi(
                 g.propagation.__exit__(None, None, None)
                 g.root_cm.__exit__(None, None, None)
 
-    if variant == "lemma":
+    if variant in ("lemma", "lemma-nocapture"):
         from lemma_middleware import LemmaWSGIMiddleware
 
+        capture = variant == "lemma"
         app.wsgi_app = LemmaWSGIMiddleware(  # type: ignore[method-assign]
-            app.wsgi_app, agent_name=AGENT, langfuse=client, exclude_paths=["/health"]
+            app.wsgi_app,
+            agent_name=AGENT,
+            langfuse=client,
+            capture_input=capture,
+            capture_output=capture,
+            exclude_paths=["/health"],
         )
     if variant == "otel":
         from opentelemetry.instrumentation.wsgi import OpenTelemetryMiddleware

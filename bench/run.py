@@ -353,6 +353,7 @@ def wsgi_section(rounds: int, per_round: int) -> dict[str, float]:
             floor_client, HEADERS, BODY, {"answer": "X"}
         ),
         "lemma middleware, traced": wsgi_caller(make_wsgi("lemma", client), "/chat"),
+        "lemma middleware, capture off": wsgi_caller(make_wsgi("lemma-nocapture", client), "/chat"),
         "lemma middleware, excluded path": wsgi_caller(make_wsgi("lemma", client), "/health"),
     }
     medians = interleave(variants, rounds, per_round)
@@ -420,13 +421,13 @@ class Inbox:
 
 
 @contextlib.contextmanager
-def local_inbox(database: Path) -> Iterator[dict[str, str]]:
-    """The local inbox in a process of its own; yields the environment that points the
-    servers' Langfuse export (and nothing else) at it."""
+def local_inbox(database: Path) -> Iterator[Inbox]:
+    """The local inbox in a process of its own (its ``env`` points the servers' Langfuse
+    export, and nothing else, at it)."""
     inbox = Inbox(database)
     inbox.start()
     try:
-        yield inbox.env
+        yield inbox
     finally:
         inbox.stop()
 
@@ -532,6 +533,36 @@ def _cpu_times() -> tuple[int, int]:
     return fields[3] + fields[4], sum(fields)  # idle + iowait, total
 
 
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (a gunicorn arbiter and its workers)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            text = stat.read_text()
+            parent = int(text[text.rindex(")") + 2 :].split()[1])
+            children.setdefault(parent, []).append(int(stat.parent.name))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo += children.get(current, [])
+    return tree
+
+
+def cpu_seconds(pids: Sequence[int]) -> float:
+    """CPU time (user + system, every thread) the processes have used so far."""
+    ticks = 0
+    for pid in pids:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            text = Path(f"/proc/{pid}/stat").read_text()
+            fields = text[text.rindex(")") + 2 :].split()
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / _TICKS
+
+
 def wait_quiet(limit: float = 15.0, idle_share: float = 0.9) -> None:
     """Wait until the machine is idle again (exports and the inbox caught up), so one
     variant's background work is not charged to the next."""
@@ -566,6 +597,10 @@ class Served:
     """Every request the server answered (rounds, warm-up and start-up probes)."""
     spans: int
     traces: int
+    server_cpu_us: float = 0.0
+    """CPU per request of the server's processes (every thread: requests, export), median."""
+    inbox_cpu_us: float = 0.0
+    """CPU per request of the inbox storing what the server exported, median."""
 
 
 def _received(database: Path) -> dict[str, tuple[int, int]]:
@@ -590,15 +625,18 @@ def load_in_turn(
     local inbox under its own ``service.name``; the spans received are counted once the
     servers have stopped (and flushed)."""
     samples: dict[str, list[Load]] = {}
+    cpu: dict[str, list[tuple[float, float]]] = {}
     served: dict[str, int] = {}
     with tempfile.TemporaryDirectory() as folder:
         script = str(Path(folder) / "post.lua")
         Path(script).write_text(WRK_SCRIPT)
         database = Path(folder) / "inbox.sqlite3"
-        with local_inbox(database) as env:
+        with local_inbox(database) as inbox:
+            assert inbox.process is not None
+            inbox_pid = [inbox.process.pid]
             for plan in groups:
                 servers = {
-                    name: serve(kind, variant, {**env, **extra, "OTEL_SERVICE_NAME": name})
+                    name: serve(kind, variant, {**inbox.env, **extra, "OTEL_SERVICE_NAME": name})
                     for name, (kind, variant, extra) in plan.items()
                 }
                 try:
@@ -606,10 +644,20 @@ def load_in_turn(
                         warm = wrk(f"{url}/chat", min(3, seconds), connections, script)
                         served[name] = warm.requests + STARTUP_PROBES
                     for _ in range(rounds):
-                        for name, (_, url) in servers.items():
+                        for name, (process, url) in servers.items():
                             wait_quiet()
+                            tree = process_tree(process.pid)
+                            before = cpu_seconds(tree), cpu_seconds(inbox_pid)
                             load = wrk(f"{url}/chat", seconds, connections, script)
+                            wait_quiet()  # the export and the inbox's storing, until idle
+                            after = cpu_seconds(tree), cpu_seconds(inbox_pid)
                             samples.setdefault(name, []).append(load)
+                            cpu.setdefault(name, []).append(
+                                tuple(  # type: ignore[arg-type]
+                                    (b - a) / max(load.requests, 1) * 1e6
+                                    for a, b in zip(before, after, strict=True)
+                                )
+                            )
                             served[name] += load.requests
                 finally:
                     for process, _ in servers.values():
@@ -629,6 +677,8 @@ def load_in_turn(
             ),
             served[name],
             *received.get(name, (0, 0)),
+            statistics.median(server for server, _ in cpu[name]),
+            statistics.median(inbox for _, inbox in cpu[name]),
         )
         for name, loads in samples.items()
     }
@@ -640,7 +690,8 @@ def _served_line(label: str, result: Served, base: float | None) -> str:
         f"{label:40} {load.requests_per_s:7.0f} "
         f"{f'{load.requests_per_s / base:.2f}' if base else '-':>6} "
         f"{load.p50_ms:7.2f} {load.p99_ms:7.2f} {load.errors:7} "
-        f"{result.spans / result.requests:9.2f}"
+        f"{result.spans / result.requests:9.2f} {result.server_cpu_us:8.0f} "
+        f"{result.inbox_cpu_us:8.0f}"
     )
     if result.spans:
         line += f"  {result.traces} / {result.requests}"
@@ -651,7 +702,8 @@ def _served_line(label: str, result: Served, base: float | None) -> str:
 
 SERVED_HEADER = (
     f"{'variant':40} {'req/s':>7} {'x bare':>6} {'p50 ms':>7} {'p99 ms':>7} "
-    f"{'non-2xx':>7} {'spans/req':>9}  traces received / requests"
+    f"{'non-2xx':>7} {'spans/req':>9} {'srv CPU':>8} {'inbox CPU':>8}"
+    "  traces received / requests"
 )
 
 
@@ -721,8 +773,8 @@ def peak_rss_streaming(variant: str, megabytes: int, env: dict[str, str]) -> flo
 
 
 def memory_section(megabytes: int) -> dict[str, float]:
-    with tempfile.TemporaryDirectory() as folder, local_inbox(Path(folder) / "db") as env:
-        peaks = {v: peak_rss_streaming(v, megabytes, env) for v in ("bare", "lemma")}
+    with tempfile.TemporaryDirectory() as folder, local_inbox(Path(folder) / "db") as inbox:
+        peaks = {v: peak_rss_streaming(v, megabytes, inbox.env) for v in ("bare", "lemma")}
     print(f"\nMemory: peak RSS of uvicorn streaming {megabytes} MB of SSE to a client")
     print(f"{'variant':38} {'peak RSS MB':>12}")
     print(f"{'bare app':38} {peaks['bare']:12.1f}")
