@@ -20,9 +20,12 @@ the provider its own process would have made global (``telemetry_provider``).
 from __future__ import annotations
 
 import base64
+import gc
 import json
 import os
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from langfuse import Langfuse, propagate_attributes
@@ -270,6 +273,28 @@ def wsgi_app_from_env() -> Any:
     return make_wsgi(variant, client, _server_otel_exporter() if variant == "otel" else None)
 
 
+def log_full_collections(folder: str) -> None:
+    """Time every full garbage collection of this process; each one (when, and its pause in
+    ms) is appended to a file in ``folder`` as it happens (uvicorn ends on the signal
+    itself: no exit hooks). With 16 requests in flight, each pause holds all of them: at
+    these loads, what a server's p99 mostly is."""
+    started: list[float] = []
+
+    def timed(phase: str, info: dict[str, int]) -> None:
+        if info["generation"] != 2:
+            return
+        if phase == "start":
+            started[:] = [time.perf_counter()]
+        elif started:
+            pause = (time.perf_counter() - started[0]) * 1000
+            with Path(folder, f"{os.getpid()}.txt").open("a") as log:
+                log.write(f"{time.time():.3f} {pause:.3f}\n")
+
+    gc.callbacks.append(timed)
+
+
+if os.environ.get("BENCH_GC_FOLDER"):
+    log_full_collections(os.environ["BENCH_GC_FOLDER"])
 if os.environ.get("BENCH_VARIANT"):
     asgi_app = asgi_app_from_env() if os.environ.get("BENCH_KIND", "asgi") == "asgi" else None
     wsgi_app = wsgi_app_from_env() if os.environ.get("BENCH_KIND") == "wsgi" else None

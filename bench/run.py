@@ -32,7 +32,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -601,6 +601,8 @@ class Served:
     """CPU per request of the server's processes (every thread: requests, export), median."""
     inbox_cpu_us: float = 0.0
     """CPU per request of the inbox storing what the server exported, median."""
+    full_collections: list[float] = field(default_factory=list)
+    """The server's full garbage collections during the measured rounds: each pause, ms."""
 
 
 def _received(database: Path) -> dict[str, tuple[int, int]]:
@@ -626,6 +628,7 @@ def load_in_turn(
     servers have stopped (and flushed)."""
     samples: dict[str, list[Load]] = {}
     cpu: dict[str, list[tuple[float, float]]] = {}
+    windows: dict[str, list[tuple[float, float]]] = {}  # the measured rounds, wall clock
     served: dict[str, int] = {}
     with tempfile.TemporaryDirectory() as folder:
         script = str(Path(folder) / "post.lua")
@@ -635,8 +638,19 @@ def load_in_turn(
             assert inbox.process is not None
             inbox_pid = [inbox.process.pid]
             for plan in groups:
+                for name in plan:
+                    (Path(folder) / name).mkdir()
                 servers = {
-                    name: serve(kind, variant, {**inbox.env, **extra, "OTEL_SERVICE_NAME": name})
+                    name: serve(
+                        kind,
+                        variant,
+                        {
+                            **inbox.env,
+                            **extra,
+                            "OTEL_SERVICE_NAME": name,
+                            "BENCH_GC_FOLDER": str(Path(folder) / name),
+                        },
+                    )
                     for name, (kind, variant, extra) in plan.items()
                 }
                 try:
@@ -648,7 +662,9 @@ def load_in_turn(
                             wait_quiet()
                             tree = process_tree(process.pid)
                             before = cpu_seconds(tree), cpu_seconds(inbox_pid)
+                            started = time.time()
                             load = wrk(f"{url}/chat", seconds, connections, script)
+                            windows.setdefault(name, []).append((started, time.time()))
                             wait_quiet()  # the export and the inbox's storing, until idle
                             after = cpu_seconds(tree), cpu_seconds(inbox_pid)
                             samples.setdefault(name, []).append(load)
@@ -666,6 +682,15 @@ def load_in_turn(
                         process.wait(timeout=60)
             wait_quiet()  # the inbox stores what the servers flushed on their way out
             received = _received(database)
+            pauses = {
+                name: [
+                    float(pause)
+                    for log in (Path(folder) / name).glob("*.txt")
+                    for when, pause in (line.split() for line in log.read_text().splitlines())
+                    if any(start <= float(when) <= end for start, end in windows[name])
+                ]
+                for name in samples
+            }
     return {
         name: Served(
             Load(
@@ -679,6 +704,7 @@ def load_in_turn(
             *received.get(name, (0, 0)),
             statistics.median(server for server, _ in cpu[name]),
             statistics.median(inbox for _, inbox in cpu[name]),
+            pauses[name],
         )
         for name, loads in samples.items()
     }
@@ -691,7 +717,8 @@ def _served_line(label: str, result: Served, base: float | None) -> str:
         f"{f'{load.requests_per_s / base:.2f}' if base else '-':>6} "
         f"{load.p50_ms:7.2f} {load.p99_ms:7.2f} {load.errors:7} "
         f"{result.spans / result.requests:9.2f} {result.server_cpu_us:8.0f} "
-        f"{result.inbox_cpu_us:8.0f}"
+        f"{result.inbox_cpu_us:8.0f} {len(result.full_collections):7} "
+        f"{statistics.median(result.full_collections or [0]):8.1f}"
     )
     if result.spans:
         line += f"  {result.traces} / {result.requests}"
@@ -702,7 +729,8 @@ def _served_line(label: str, result: Served, base: float | None) -> str:
 
 SERVED_HEADER = (
     f"{'variant':40} {'req/s':>7} {'x bare':>6} {'p50 ms':>7} {'p99 ms':>7} "
-    f"{'non-2xx':>7} {'spans/req':>9} {'srv CPU':>8} {'inbox CPU':>8}"
+    f"{'non-2xx':>7} {'spans/req':>9} {'srv CPU':>8} {'inbox CPU':>8} {'full GC':>7} "
+    f"{'pause ms':>8}"
     "  traces received / requests"
 )
 
