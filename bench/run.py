@@ -625,7 +625,9 @@ def load_in_turn(
     """Each group's servers run at once (idle ones cost nothing) and are loaded in turn,
     round by round, after a warm-up; medians over the rounds. Every server exports to one
     local inbox under its own ``service.name``; the spans received are counted once the
-    servers have stopped (and flushed)."""
+    servers have stopped (and flushed). Per round, the CPU the server's processes and the
+    inbox used (until the machine is idle again) per request, and the server's full garbage
+    collections (:func:`bench.apps.log_full_collections`) within the round."""
     samples: dict[str, list[Load]] = {}
     cpu: dict[str, list[tuple[float, float]]] = {}
     windows: dict[str, list[tuple[float, float]]] = {}  # the measured rounds, wall clock
@@ -668,10 +670,11 @@ def load_in_turn(
                             wait_quiet()  # the export and the inbox's storing, until idle
                             after = cpu_seconds(tree), cpu_seconds(inbox_pid)
                             samples.setdefault(name, []).append(load)
+                            per_request = 1e6 / max(load.requests, 1)  # seconds -> µs/request
                             cpu.setdefault(name, []).append(
-                                tuple(  # type: ignore[arg-type]
-                                    (b - a) / max(load.requests, 1) * 1e6
-                                    for a, b in zip(before, after, strict=True)
+                                (
+                                    (after[0] - before[0]) * per_request,
+                                    (after[1] - before[1]) * per_request,
                                 )
                             )
                             served[name] += load.requests
