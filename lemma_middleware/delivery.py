@@ -162,9 +162,6 @@ class _Batch:
     payload: bytes
     spans: int
     attempts: int = 0
-    settled: bool = False
-    """Delivered, rejected or dropped: the batch has left the backlog."""
-    delivered: bool = False
 
 
 class DeliveryExporter(SpanExporter):
@@ -258,8 +255,6 @@ class DeliveryExporter(SpanExporter):
             self._closed = True
             state = self.state()
             left = sum(batch.spans for batch in self._backlog)
-            for batch in self._backlog:
-                batch.settled = True
             self._backlog.clear()
             self.stats.dropped_at_exit += left
             self.stats.backlog_spans = self.stats.backlog_bytes = 0
@@ -340,7 +335,6 @@ class DeliveryExporter(SpanExporter):
     def _settle(self, batch: _Batch, delivered: bool) -> None:
         """``batch`` has left the backlog (called with the lock held)."""
         self._backlog.popleft()
-        batch.settled, batch.delivered = True, delivered
         self.stats.backlog_spans -= batch.spans
         self.stats.backlog_bytes -= len(batch.payload)
         if delivered:
