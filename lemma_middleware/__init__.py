@@ -6,13 +6,13 @@ Everything users need is importable from here::
 """
 
 from .asgi import LemmaMiddleware
-from .capture import DEFAULT_REDACT_FIELDS, REDACTED
 from .context import bind, current, get_trace_id, outgoing_headers, set_input, set_output
 from .delivery import DeliveryStats, export_stats
 from .export import build_client, resolve_destinations
 from .flask_integration import LemmaFlask
 from .identity import Identity, normalise_id
 from .options import DEFAULT_EXCLUDE_METHODS, DEFAULT_EXCLUDE_PATHS, OptionError, TracingOptions
+from .redaction import DEFAULT_REDACT_FIELDS, REDACTED
 from .request import RequestTrace
 from .tracing import Tracing
 from .wsgi import LemmaWSGIMiddleware

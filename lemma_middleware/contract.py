@@ -36,9 +36,9 @@ from typing import Any
 
 from opentelemetry.sdk.trace import ReadableSpan
 
-from .capture import REDACTED, Redactor
 from .options import AGENT_NAME_PATTERN
 from .receiver import ReceivedSpan
+from .redaction import REDACTED, Redactor
 
 _CREDENTIAL = re.compile(r"\b(?:Bearer|Basic)\s+[A-Za-z0-9._~+/=-]{8,}|\bsk-[A-Za-z0-9_-]{16,}")
 _PROPAGATED = ("session.id", "user.id", "langfuse.trace.name")

@@ -36,7 +36,6 @@ from langfuse import Langfuse
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter
 
-from .capture import Redactor
 from .delivery import (
     DEFAULT_MAX_BACKLOG_BYTES,
     DeliveryExporter,
@@ -47,6 +46,7 @@ from .delivery import (
 from .logs import announce, log_once, logger
 from .processors import DestinationProcessor, ExportFilter, wire_provider
 from .provider import OwnedTracerProvider, provider_for
+from .redaction import Redactor
 from .sdk import (
     ClientAccess,
     inspect_client,

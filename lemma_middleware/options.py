@@ -20,9 +20,9 @@ from typing import Any, TypedDict
 from langfuse import Langfuse
 
 from .attributes import metadata_value
-from .capture import Redactor
 from .identity import HeaderNames, IdentityResolver, header_names
 from .logs import logger
+from .redaction import Redactor
 
 DEFAULT_EXCLUDE_PATHS: tuple[str, ...] = (
     "/health",

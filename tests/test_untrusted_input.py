@@ -12,16 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lemma_middleware import normalise_id
-from lemma_middleware.capture import (
-    MAX_DEPTH,
-    REDACTED,
-    TOO_DEEP,
-    BodyCapture,
-    Redactor,
-    parsed,
-    render_body,
-)
+from lemma_middleware.capture import BodyCapture, parsed, render_body
 from lemma_middleware.identity import MAX_ID_LENGTH
+from lemma_middleware.redaction import MAX_DEPTH, REDACTED, TOO_DEEP, Redactor
 
 from .apps import make_app
 from .conftest import Captured

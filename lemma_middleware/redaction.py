@@ -1,0 +1,253 @@
+"""What is never recorded: sensitive fields at any depth, and secrets in text.
+
+:class:`Redactor` works on a copy and costs about one pass over the text whatever it holds:
+
+* **Structures** (parsed JSON, forms, query strings, what an observation records): a value
+  whose key is sensitive is replaced; every string leaf goes through the text rules.
+* **Text** (leaves, text bodies, JSON that did not parse): values after a sensitive name
+  (``"name": value``, ``name=value``, ``name: value``) and secret-shaped values anywhere.
+
+Linear by construction: a text is first screened with ``str`` searches (``in``, C speed);
+only a text holding ``:`` or ``=`` and one of the names' last words is searched for names,
+each search anchored on that literal word and checking the words before it with fixed-width
+look-behinds; no pattern can re-scan what an earlier attempt consumed (possessive runs).
+The values found are replaced in one pass over the text. Over-redacting is the safe side:
+a name may sit anywhere in a key (``my_password``), and secret shapes cover a whole token.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+from itertools import product
+from typing import Any
+
+REDACTED = "[REDACTED]"
+MAX_DEPTH = 64
+"""Nesting levels of a body recorded as a structure; deeper parts become :data:`TOO_DEEP`."""
+TOO_DEEP = f"[nested deeper than {MAX_DEPTH} levels: not recorded]"
+
+DEFAULT_REDACT_FIELDS: frozenset[str] = frozenset(
+    {
+        "password",
+        "passwd",
+        "pwd",
+        "secret",
+        "client_secret",
+        "token",
+        "access_token",
+        "refresh_token",
+        "id_token",
+        "api_key",
+        "apikey",
+        "authorization",
+        "cookie",
+        "set_cookie",
+        "private_key",
+        "credit_card",
+        "card_number",
+        "cvv",
+        "ssn",
+    }
+)
+"""Field names redacted by default. A field is sensitive when its name, normalised (camelCase
+split into words, lower-cased, ``-``, ``.`` and spaces read as ``_``), equals one of these or
+ends with ``_`` + one of them (``openaiApiKey``, ``auth-token``, ``db.password``)."""
+
+SECRET_VALUE_PATTERNS: tuple[tuple[str, str, str], ...] = (
+    # (the literal a value starts with, at a word boundary; the rest of its shape; the
+    # literal's rarest character: a text is searched for it only when it holds that one)
+    ("Bearer", r"\s++[A-Za-z0-9._~+/=-]{8,}+", "B"),  # an Authorization header's credentials
+    ("eyJ", r"[A-Za-z0-9_-]{5,}+(?:\.[A-Za-z0-9_-]*+){0,2}", "J"),  # a JWT (any base64 JSON)
+    ("sk-", r"[A-Za-z0-9_-]{16,}+", "-"),  # OpenAI / Anthropic style API keys
+    ("A", r"(?:[KS]IA[0-9A-Z]{16}\b|Iza[0-9A-Za-z_-]{30,}+)", "A"),  # AWS ids, Google keys
+    ("gh", r"[pousr]_[A-Za-z0-9]{30,}+", "_"),  # GitHub tokens
+    ("xox", r"[abeprs]-[A-Za-z0-9-]{10,}+", "-"),  # Slack tokens
+)
+"""Values redacted wherever they occur, whatever the field's name. A shape covers the whole
+token (``sk-`` and 16 characters or more of ``[A-Za-z0-9_-]``, say), not only its known
+part: over-redacting is the safe side, and no attempt can then re-scan a long token."""
+
+_CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+_SEPARATORS = re.compile(r"[-. ]")
+_KEY_CACHE_SIZE = 4096
+
+# What Python's case-insensitive matching equates with an ASCII letter, beyond lower():
+# read as that letter, so that the lower-cased text keeps every position of the original.
+_CASE_FOLD = str.maketrans({"\u0130": "i", "\u0131": "i", "\u017f": "s", "\u212a": "k"})
+
+# After a name: the value of `"name": value` (a JSON string, possibly cut, or a bare value),
+# of `name=value` (up to & or whitespace, possibly empty), of `name: value` / `name = value`.
+_JSON_VALUE = re.compile(r'"\s*+:\s*+("[^"\\]*+(?:\\.[^"\\]*+)*+"?|[^,}\]\s]++)')
+_PAIR_VALUE = re.compile(r"=([^&\s]*+)")
+_COLON_VALUE = re.compile(r"\s*+[:=]\s*+([^\s,;&]++)")
+
+
+def _normalise_key(key: str) -> str:
+    return _SEPARATORS.sub("_", _CAMEL_BOUNDARY.sub("_", key)).lower()
+
+
+def _spellings(field: str) -> Iterator[str]:
+    """A field's spellings, reversed, as fixed-width patterns: each ``_`` as one of ``_.-`` or
+    nothing (``api_key``: ``yek[_.-]ipa``, ``yekipa``)."""
+    parts = [re.escape(part[::-1]) for part in reversed(field.split("_"))]
+    for joints in product(("[_.-]", ""), repeat=len(parts) - 1):
+        pairs = zip(joints, parts[1:], strict=True)
+        yield parts[0] + "".join(joint + part for joint, part in pairs)
+
+
+def _name_finders(fields: Iterable[str]) -> dict[str, re.Pattern[str]]:
+    """Per delimiter (``:``, ``=``), a search of the reversed lower-cased text for that
+    delimiter preceded by a name (optionally with a ``"`` after it, then whitespace): each
+    attempt starts at a delimiter (found at C speed) and looks only at what precedes it.
+    A match ends where the name ends in the text."""
+    names = "|".join(sorted({s for f in fields for s in _spellings(f)}, key=len, reverse=True))
+    return {
+        delimiter: re.compile(rf'{delimiter}\s*+"?(?=(?:{names}))') for delimiter in (":", "=")
+    }
+
+
+class Redactor:
+    """Replaces sensitive values by ``[REDACTED]`` (compiled once; linear in its input)."""
+
+    def __init__(self, extra_fields: Iterable[str] = ()) -> None:
+        self.extra_fields = frozenset(extra_fields)
+        self.fields = frozenset(DEFAULT_REDACT_FIELDS | {_normalise_key(f) for f in extra_fields})
+        self._suffixes = tuple("_" + f for f in self.fields)
+        self._names = _name_finders(self.fields)
+        self._secrets = [
+            (rarest, re.compile(rf"{re.escape(literal)}(?<!\w{re.escape(literal)}){shape}"))
+            for literal, shape, rarest in SECRET_VALUE_PATTERNS
+        ]
+        self._keys: dict[str, tuple[str, bool]] = {}
+        """Keys seen: each as recorded, and whether its field is sensitive (bounded, as keys
+        are untrusted)."""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Redactor) and other.fields == self.fields
+
+    def __hash__(self) -> int:
+        return hash(self.fields)
+
+    def is_sensitive(self, key: str) -> bool:
+        """True when a field of this name is never recorded."""
+        normalised = _normalise_key(key)
+        return normalised in self.fields or normalised.endswith(self._suffixes)
+
+    def _recorded_key(self, key: str) -> tuple[str, bool]:
+        """``key`` as recorded (a key can hold a secret too), and whether its field is
+        sensitive; remembered, as the same keys come in every request."""
+        try:
+            return self._keys[key]
+        except KeyError:
+            verdict = self._keys[key] = (self.redact_text(key), self.is_sensitive(key))
+            if len(self._keys) > _KEY_CACHE_SIZE:
+                self._keys.clear()
+            return verdict
+
+    def redact(self, value: Any, depth: int = 0) -> Any:
+        """``value`` with sensitive fields replaced, at any depth; what is nested deeper than
+        :data:`MAX_DEPTH` levels is replaced by :data:`TOO_DEEP` (never recorded unredacted,
+        never a recursion error). Returns ``value`` itself when nothing needed replacing."""
+        if isinstance(value, str):  # a string may hold a secret as text: "password=..."
+            return self.redact_text(value)
+        if isinstance(value, dict):
+            if depth >= MAX_DEPTH:
+                return TOO_DEEP
+            changed = False
+            copy: dict[Any, Any] = {}
+            for key, item in value.items():
+                if isinstance(key, str):
+                    recorded, sensitive = self._recorded_key(key)
+                    changed = changed or recorded is not key
+                    key = recorded
+                    if sensitive:
+                        copy[key], changed = REDACTED, True
+                        continue
+                new_item = self.redact(item, depth + 1)
+                changed = changed or new_item is not item
+                copy[key] = new_item
+            return copy if changed else value
+        if isinstance(value, list | tuple):  # tuples: an @observe'd function's arguments
+            if depth >= MAX_DEPTH:
+                return TOO_DEEP
+            items = [self.redact(item, depth + 1) for item in value]
+            if all(new is old for new, old in zip(items, value, strict=True)):
+                return value
+            return items if isinstance(value, list) else tuple(items)
+        return value
+
+    def mask(self, *, data: Any, **_: Any) -> Any:
+        """The redaction as a Langfuse client's ``mask=``: every observation's input, output
+        and metadata (children included) goes through it."""
+        return self.redact(data)
+
+    def redact_text(self, text: str) -> str:
+        """``text`` with the values after sensitive names and secret-shaped values replaced
+        (``text`` itself when there is none): ``"name": value`` (the value as a JSON string),
+        ``name=value``, ``name: value``, ``name = value``, in any spelling of the name."""
+        secrets = list(self._secret_spans(text))
+        if secrets:  # first, so that a value after a name runs on as far as it then does
+            text = _replaced(text, secrets)
+        if ":" in text or "=" in text:
+            values = list(self._value_spans(text))
+            if values:
+                text = _replaced(text, values)
+        return text
+
+    def _secret_spans(self, text: str) -> Iterator[tuple[int, int, bool]]:
+        for first, pattern in self._secrets:
+            if first in text:  # one character: searched at memchr speed
+                for found in pattern.finditer(text):
+                    yield found.start(), found.end(), False
+
+    def _value_spans(self, text: str) -> Iterator[tuple[int, int, bool]]:
+        """Where the values after a sensitive name are (start, end, recorded as a JSON
+        string)."""
+        reversed_text: str | None = None
+        size = len(text)
+        for delimiter, finder in self._names.items():
+            if delimiter not in text:
+                continue
+            if reversed_text is None:
+                reversed_text = (text.lower() if text.isascii() else _fold(text))[::-1]
+            for name in finder.finditer(reversed_text):
+                end = size - name.end()  # where the name ends in the text
+                if text.startswith('"', end):
+                    value = _JSON_VALUE.match(text, end)
+                    if value is not None:
+                        yield value.start(1), value.end(1), True
+                    continue
+                if text.startswith("=", end):
+                    value = _PAIR_VALUE.match(text, end)
+                    if value is not None:
+                        yield value.start(1), value.end(1), False
+                value = _COLON_VALUE.match(text, end)
+                if value is not None:
+                    yield value.start(1), value.end(1), False
+
+
+def _replaced(text: str, spans: list[tuple[int, int, bool]]) -> str:
+    """``text`` with each span (start, end, as a JSON string) replaced by :data:`REDACTED`
+    (quoted for a JSON string); spans that overlap or touch are replaced once."""
+    spans.sort()
+    pieces: list[str] = []
+    written = -1  # where the last replacement ended (-1: none yet)
+    for start, end, quoted in spans:
+        if start <= written:  # within what is replaced, or right after it
+            written = max(written, end)
+            continue
+        pieces.append(text[max(written, 0) : start])
+        pieces.append(f'"{REDACTED}"' if quoted else REDACTED)
+        written = end
+    pieces.append(text[written:])
+    return "".join(pieces)
+
+
+def _fold(text: str) -> str:
+    """``text`` lower-cased as Python's case-insensitive matching reads it, one character
+    for one (so that positions in it are positions in ``text``)."""
+    folded = text.translate(_CASE_FOLD).lower()
+    if len(folded) == len(text):
+        return folded
+    return "".join(character.lower()[:1] for character in text.translate(_CASE_FOLD))

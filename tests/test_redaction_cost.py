@@ -1,0 +1,84 @@
+"""Redaction is linear and loses nothing: the redaction of issue 19 against the one it
+replaced (tests/reference_redaction.py), on texts made of what secrets and their names are
+made of; and what one body can cost, counted in work rather than timed."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lemma_middleware.redaction import REDACTED, Redactor
+
+from .reference_redaction import ReferenceRedactor
+
+REDACTOR = Redactor(["ssn_last4"])
+REFERENCE = ReferenceRedactor(["ssn_last4"])
+
+# What secrets, their names and their surroundings are made of: names in several spellings,
+# delimiters, quotes, escapes, whitespace, the secret shapes' literals, words and odd
+# characters (including those Python's case-insensitive matching folds onto ASCII letters).
+pieces = st.sampled_from(
+    [
+        "password", "Password", "PASSWORD", "passwd", "pwd", "token", "Token", "tokens",
+        "access_token", "accessToken", "api_key", "api-key", "api.key", "apiKey", "APIKEY",
+        "apikey", "secret", "client_secret", "cookie", "private_key", "privateKey",
+        "credit_card", "card_number", "cvv", "ssn", "ssn_last4", "authorization", "my",
+        "db.", "x-", "_", "-", ".", ":", "=", ": ", " = ", '"', '":', '": ', "\\", '\\"', "\\n",
+        " ", "  ", "\n", "\t", ",", ";", "&", "}", "]", "{", "[", "'",
+        "Bearer ", "Bearer", "eyJ", "eyJhbGciOiJIUzI1NiJ9", ".", "sk-", "sk-proj-", "AKIA",
+        "ASIA", "AIza", "ghp_", "gho_", "xoxb-", "abcdefghij", "0123456789ABCDEF", "hunter2",
+        "where is my parcel", "the", "a", "é", "\u017f", "\u212a", "\u0130", "\u0131", "\u2003",
+    ]
+)
+texts = st.lists(pieces, max_size=40).map("".join)
+
+
+@settings(max_examples=3000, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(texts)
+def test_nothing_the_previous_redaction_redacted_survives_in_text(text: str) -> None:
+    """The previous redaction finds nothing left to redact in what this one records."""
+    redacted = REDACTOR.redact_text(text)
+    assert REFERENCE.redact_text(redacted) == redacted
+
+
+json_leaves = texts | st.integers() | st.none() | st.booleans()
+documents = st.recursive(
+    json_leaves,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(texts, children, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=1000, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(documents)
+def test_nothing_the_previous_redaction_redacted_survives_in_structures(document: Any) -> None:
+    redacted = REDACTOR.redact(document)
+    assert REFERENCE.redact(redacted) == redacted
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("my password: hunter2, thanks", "my password: [REDACTED], thanks"),
+        ('{"apiKey": "sk-x", "n": 1}', '{"apiKey": "[REDACTED]", "n": 1}'),
+        ("a=1&access_token=abc&b=2", "a=1&access_token=[REDACTED]&b=2"),
+        ("Authorization: Bearer abcdefgh12345678", "Authorization: [REDACTED]"),
+        ("use sk-proj-abcdefghijklmnop1234 now", f"use {REDACTED} now"),
+        ("password=", "password=[REDACTED]"),
+        ("I forgot my password and my API key", "I forgot my password and my API key"),
+    ],
+)
+def test_what_text_redaction_records(text: str, expected: str) -> None:
+    assert REDACTOR.redact_text(text) == expected
+
+
+def test_nothing_to_redact_returns_the_same_objects() -> None:
+    """What lets a JSON body with nothing sensitive be recorded as it came, unserialised."""
+    document = {"messages": [{"role": "user", "content": "my password is not working"}]}
+    assert REDACTOR.redact(document) is document
+    text = "reset my token please"
+    assert REDACTOR.redact_text(text) is text
