@@ -32,6 +32,8 @@ from langfuse import Langfuse, propagate_attributes
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
+from bench.traffic import SSE_CHUNK, SSE_CHUNKS
+
 AGENT = "support-agent"
 STREAM_CHUNK = b"data: " + b"x" * (64 * 1024 - 8) + b"\n\n"
 
@@ -52,6 +54,13 @@ def otel_provider(exporter: SpanExporter) -> TracerProvider:
     provider.add_span_processor(BatchSpanProcessor(exporter))
     OTEL_PROVIDERS.append(provider)
     return provider
+
+
+def answer(body: dict[str, Any]) -> dict[str, Any]:
+    """The agent's answer: a short message echoed upper-cased (the benchmark's first body,
+    and the hostile one: the output is then as big as the input), or a short reply to a
+    conversation history."""
+    return {"answer": (body.get("message") or "Thanks, I will look into it.").upper()}
 
 
 def _identity(headers: Any) -> dict[str, Any]:
@@ -118,11 +127,19 @@ def make_asgi(
 
     @app.post("/chat")
     async def chat(body: dict[str, Any]) -> dict[str, Any]:
-        return {"answer": body["message"].upper()}
+        return answer(body)
 
     @app.post("/health")
     async def health(body: dict[str, Any]) -> dict[str, Any]:
-        return {"answer": body["message"].upper()}
+        return answer(body)
+
+    @app.post("/chat/stream")
+    async def chat_stream(body: dict[str, Any]) -> StreamingResponse:
+        async def chunks() -> AsyncIterator[bytes]:
+            for _ in range(SSE_CHUNKS):
+                yield SSE_CHUNK
+
+        return StreamingResponse(chunks(), media_type="text/event-stream")
 
     @app.get("/stream")
     async def stream(mb: int = 1024) -> StreamingResponse:
@@ -183,11 +200,16 @@ def make_wsgi(
 
     @app.post("/chat")
     def chat() -> dict[str, Any]:
-        body = request.get_json(); return {"answer": (body.get("message") or "Thanks, I will look into it.").upper()}
+        return answer(request.get_json())
 
     @app.post("/health")
     def health() -> dict[str, Any]:
-        body = request.get_json(); return {"answer": (body.get("message") or "Thanks, I will look into it.").upper()}
+        return answer(request.get_json())
+
+    @app.post("/chat/stream")
+    def chat_stream() -> Response:
+        request.get_json()
+        return Response((SSE_CHUNK for _ in range(SSE_CHUNKS)), mimetype="text/event-stream")
 
     if variant == "handwritten":
         assert client is not None

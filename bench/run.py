@@ -118,7 +118,7 @@ def users_langfuse(key: str, exporter: SpanExporter | None = None) -> tuple[Any,
 # in-process ASGI --------------------------------------------------------------------------
 
 
-def asgi_caller(app: Any, path: str) -> Callable[[], None]:
+def asgi_caller(app: Any, path: str, body: bytes = BODY) -> Callable[[], None]:
     loop = asyncio.new_event_loop()
     raw_headers = [(k.encode(), v.encode()) for k, v in HEADERS.items()]
     scope_template = {
@@ -143,7 +143,7 @@ def asgi_caller(app: Any, path: str) -> Callable[[], None]:
             nonlocal sent
             if not sent:
                 sent = True
-                return {"type": "http.request", "body": BODY, "more_body": False}
+                return {"type": "http.request", "body": body, "more_body": False}
             await asyncio.sleep(3600)
             return {"type": "http.disconnect"}
 
@@ -300,7 +300,7 @@ def export_cost_section(requests: int) -> dict[str, float]:
 # in-process WSGI --------------------------------------------------------------------------
 
 
-def wsgi_caller(app: Any, path: str) -> Callable[[], None]:
+def wsgi_caller(app: Any, path: str, body: bytes = BODY) -> Callable[[], None]:
     environ_template = {
         "REQUEST_METHOD": "POST",
         "PATH_INFO": path,
@@ -315,7 +315,7 @@ def wsgi_caller(app: Any, path: str) -> Callable[[], None]:
         "wsgi.multiprocess": False,
         "wsgi.run_once": False,
         "CONTENT_TYPE": "application/json",
-        "CONTENT_LENGTH": str(len(BODY)),
+        "CONTENT_LENGTH": str(len(body)),
         **{
             f"HTTP_{k.upper().replace('-', '_')}": v
             for k, v in HEADERS.items()
@@ -328,7 +328,7 @@ def wsgi_caller(app: Any, path: str) -> Callable[[], None]:
 
     def one() -> None:
         environ = dict(environ_template)
-        environ["wsgi.input"] = io.BytesIO(BODY)
+        environ["wsgi.input"] = io.BytesIO(body)
         result = app(environ, start_response)
         for _ in result:
             pass
@@ -438,7 +438,9 @@ WRK_SCRIPT = """
 -- Every request belongs to one of 100,000 conversations of 5,000 users (one tenant), as
 -- an agent's traffic does: no per-value cache anywhere sees the same ids over and over.
 wrk.method = "POST"
-wrk.body = '{"message": "where is my parcel?"}'
+local file = io.open(os.getenv("BENCH_BODY_FILE"), "rb")
+wrk.body = file:read("*a")
+file:close()
 math.randomseed(os.time())
 request = function()
   local conversation = math.random(1, 100000)
@@ -467,6 +469,7 @@ def _ms(text: str) -> float:
 
 
 def wrk(url: str, seconds: float, connections: int, script: str) -> Load:
+    """``wrk`` with ``script`` (its body from the file ``BENCH_BODY_FILE`` names)."""
     out = subprocess.run(
         [
             "wrk",
@@ -620,7 +623,7 @@ Plan = dict[str, tuple[str, str, dict[str, str]]]
 
 
 def load_in_turn(
-    groups: list[Plan], seconds: float, connections: int, rounds: int
+    groups: list[Plan], seconds: float, connections: int, rounds: int, body: bytes = BODY
 ) -> dict[str, Served]:
     """Each group's servers run at once (idle ones cost nothing) and are loaded in turn,
     round by round, after a warm-up; medians over the rounds. Every server exports to one
@@ -635,6 +638,8 @@ def load_in_turn(
     with tempfile.TemporaryDirectory() as folder:
         script = str(Path(folder) / "post.lua")
         Path(script).write_text(WRK_SCRIPT)
+        Path(folder, "body").write_bytes(body)
+        os.environ["BENCH_BODY_FILE"] = str(Path(folder, "body"))
         database = Path(folder) / "inbox.sqlite3"
         with local_inbox(database) as inbox:
             assert inbox.process is not None
@@ -922,9 +927,11 @@ def judge(
     e2e: dict[str, Served] | None,
     memory: dict[str, float] | None,
     outage: dict[str, tuple[int, int]] | None = None,
+    more: list[tuple[str, bool, str]] | None = None,
 ) -> None:
-    """The targets of the performance and hardening issues, judged on this run's figures."""
-    checks: list[tuple[str, bool, str]] = []
+    """The targets of the performance and hardening issues, judged on this run's figures
+    (``more``: checks judged elsewhere, printed with these)."""
+    checks: list[tuple[str, bool, str]] = list(more or [])
     if asgi:
         base = asgi["bare app"]
         ours = asgi[ASGI_NAMES["lemma"]] - base
@@ -1003,7 +1010,7 @@ def judge(
         checks.append(("30 s down + 30 s hanging: no trace lost", lost == 0, f"{lost} of {served}"))
     print("\nTargets (ratios from this run)")
     for name, ok, detail in checks:
-        print(f"  {'MET ' if ok else 'MISS'}  {name:44} {detail}")
+        print(f"  {'MET ' if ok else 'MISS'}  {name:52} {detail}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1011,7 +1018,9 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--smoke", action="store_true", help="tiny run, no targets (for CI)")
-    parser.add_argument("--only", default="asgi,wsgi,e2e,batching,memory,outage")
+    parser.add_argument(
+        "--only", default="asgi,wsgi,shapes,redaction,e2e,e2e-history,batching,memory,outage"
+    )
     parser.add_argument("--seconds", type=float, default=5.0, help="wrk duration per round")
     parser.add_argument("--connections", type=int, default=16)
     args = parser.parse_args(argv)
@@ -1027,6 +1036,15 @@ def main(argv: list[str] | None = None) -> int:
     if "asgi" in sections:
         export_cost_section(64 if args.smoke else 1024)
     wsgi = wsgi_section(rounds, per_round) if "wsgi" in sections else None
+    from bench.shapes import e2e_history_section, judge_shapes, redaction_section, shapes_section
+
+    shapes = shapes_section(1 if args.smoke else 5, args.smoke) if "shapes" in sections else None
+    redaction = redaction_section(5 if args.smoke else 300) if "redaction" in sections else None
+    history = (
+        e2e_history_section(seconds, args.connections, 1 if args.smoke else 3)
+        if "e2e-history" in sections
+        else None
+    )
     e2e = (
         e2e_section(seconds, args.connections, 1 if args.smoke else 3)
         if "e2e" in sections
@@ -1041,7 +1059,7 @@ def main(argv: list[str] | None = None) -> int:
         else None
     )
     if not args.smoke:
-        judge(asgi, wsgi, e2e, memory, outage)
+        judge(asgi, wsgi, e2e, memory, outage, judge_shapes(shapes, redaction, history))
     return 0
 
 

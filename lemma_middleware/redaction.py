@@ -7,19 +7,21 @@
 * **Text** (leaves, text bodies, JSON that did not parse): values after a sensitive name
   (``"name": value``, ``name=value``, ``name: value``) and secret-shaped values anywhere.
 
-Linear by construction: a text is first screened with ``str`` searches (``in``, C speed);
-only a text holding ``:`` or ``=`` and one of the names' last words is searched for names,
-each search anchored on that literal word and checking the words before it with fixed-width
-look-behinds; no pattern can re-scan what an earlier attempt consumed (possessive runs).
-The values found are replaced in one pass over the text. Over-redacting is the safe side:
-a name may sit anywhere in a key (``my_password``), and secret shapes cover a whole token.
+Linear by construction, and about one pass: a text is first screened with one-character
+``in`` tests (memchr speed). Names are found from the delimiters: only a text holding ``:``
+or ``=`` is lower-cased and reversed, and searched for each delimiter (a literal, found at C
+speed) followed, in the reversed text, by optional whitespace and quote and a reversed
+name; each attempt looks at a few characters. A secret shape is searched for only when the
+text holds its literal's rarest character, and every shape consumes its whole token
+(possessive runs), so no attempt re-scans what an earlier one read. The values found are
+replaced in one pass. Over-redacting is the safe side: a name may end any key
+(``my_password``), and a secret shape covers the whole token it starts.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator
-from itertools import product
 from typing import Any
 
 REDACTED = "[REDACTED]"
@@ -87,21 +89,18 @@ def _normalise_key(key: str) -> str:
     return _SEPARATORS.sub("_", _CAMEL_BOUNDARY.sub("_", key)).lower()
 
 
-def _spellings(field: str) -> Iterator[str]:
-    """A field's spellings, reversed, as fixed-width patterns: each ``_`` as one of ``_.-`` or
-    nothing (``api_key``: ``yek[_.-]ipa``, ``yekipa``)."""
-    parts = [re.escape(part[::-1]) for part in reversed(field.split("_"))]
-    for joints in product(("[_.-]", ""), repeat=len(parts) - 1):
-        pairs = zip(joints, parts[1:], strict=True)
-        yield parts[0] + "".join(joint + part for joint, part in pairs)
+def _reversed_spelling(field: str) -> str:
+    """A field's name in any spelling, reversed: each ``_`` as one of ``_.-`` or nothing
+    (``api_key``: ``yek[_.-]?ipa``)."""
+    return "[_.-]?".join(re.escape(part[::-1]) for part in reversed(field.split("_")))
 
 
 def _name_finders(fields: Iterable[str]) -> dict[str, re.Pattern[str]]:
     """Per delimiter (``:``, ``=``), a search of the reversed lower-cased text for that
     delimiter preceded by a name (optionally with a ``"`` after it, then whitespace): each
-    attempt starts at a delimiter (found at C speed) and looks only at what precedes it.
-    A match ends where the name ends in the text."""
-    names = "|".join(sorted({s for f in fields for s in _spellings(f)}, key=len, reverse=True))
+    attempt starts at a delimiter and looks only at what precedes it. A match ends where
+    the name ends in the text."""
+    names = "|".join(sorted({_reversed_spelling(f) for f in fields}, key=len, reverse=True))
     return {
         delimiter: re.compile(rf'{delimiter}\s*+"?(?=(?:{names}))') for delimiter in (":", "=")
     }
@@ -119,9 +118,8 @@ class Redactor:
             (rarest, re.compile(rf"{re.escape(literal)}(?<!\w{re.escape(literal)}){shape}"))
             for literal, shape, rarest in SECRET_VALUE_PATTERNS
         ]
-        self._keys: dict[str, tuple[str, bool]] = {}
-        """Keys seen: each as recorded, and whether its field is sensitive (bounded, as keys
-        are untrusted)."""
+        self._keys: dict[str, tuple[str | None, bool]] = {}
+        """Keys seen (bounded, as keys are untrusted): see :meth:`_recorded_key`."""
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Redactor) and other.fields == self.fields
@@ -134,13 +132,18 @@ class Redactor:
         normalised = _normalise_key(key)
         return normalised in self.fields or normalised.endswith(self._suffixes)
 
-    def _recorded_key(self, key: str) -> tuple[str, bool]:
-        """``key`` as recorded (a key can hold a secret too), and whether its field is
-        sensitive; remembered, as the same keys come in every request."""
+    def _recorded_key(self, key: str) -> tuple[str | None, bool]:
+        """``key`` as recorded when that differs from ``key`` (a key can hold a secret too;
+        else None), and whether its field is sensitive; remembered, as the same keys come
+        in every request."""
         try:
             return self._keys[key]
         except KeyError:
-            verdict = self._keys[key] = (self.redact_text(key), self.is_sensitive(key))
+            recorded = self.redact_text(key)
+            verdict = self._keys[key] = (
+                None if recorded is key else recorded,
+                self.is_sensitive(key),
+            )
             if len(self._keys) > _KEY_CACHE_SIZE:
                 self._keys.clear()
             return verdict
@@ -159,8 +162,8 @@ class Redactor:
             for key, item in value.items():
                 if isinstance(key, str):
                     recorded, sensitive = self._recorded_key(key)
-                    changed = changed or recorded is not key
-                    key = recorded
+                    if recorded is not None:
+                        key, changed = recorded, True
                     if sensitive:
                         copy[key], changed = REDACTED, True
                         continue
