@@ -60,7 +60,7 @@ def _variant(kind: str, variant: str, shape: Shape, number: int) -> Callable[[in
     client: Any = None
     provider: Any = None
     otel_exporter = None
-    if variant == "lemma":
+    if variant.startswith("lemma"):
         provider = OwnedTracerProvider()
         exporter = EncodeOnly(encode_batch)
         client = build_client(span_exporter=exporter, tracer_provider=provider, public_key=key)
@@ -75,7 +75,7 @@ def _variant(kind: str, variant: str, shape: Shape, number: int) -> Callable[[in
         exporter.keeping = False
     path = "/chat/stream" if shape.stream else "/chat"
     if kind == "asgi":
-        telemetry = provider if variant in ("lemma", "handwritten") else None
+        telemetry = provider if variant.startswith(("lemma", "handwritten")) else None
         app = make_asgi(variant, client, otel_exporter, telemetry_provider=telemetry)
         call = asgi_caller(app, path, shape.body)
     else:

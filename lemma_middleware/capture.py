@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from .logs import log_once
-from .redaction import Redactor
+from .redaction import Redactor, nested_at_most, nests_no_deeper
 
 
 class BodyCapture:
@@ -129,6 +129,29 @@ def sse_payloads(text: str) -> str:
     return "".join(parts)
 
 
+def _render_json(text: str, redactor: Redactor, direction: str) -> Any:
+    """A JSON body: as it came when nothing in it is sensitive (neither walked nor
+    serialised again), else parsed and redacted; as redacted text if it does not parse."""
+    clean = redactor.finds_nothing_in_json(text)
+    if clean and nests_no_deeper(text):
+        return RawJSON(text)
+    try:
+        document = json.loads(text)
+    except (ValueError, RecursionError):  # broken, or nested past the parser's limit
+        log_once(
+            f"badjson:{direction}",
+            logging.INFO,
+            "lemma_middleware: a %s body declared as JSON did not parse (broken or nested "
+            "too deep); recorded as redacted text (logged once)",
+            direction,
+        )
+        return redactor.redact_text(text)
+    if clean and nested_at_most(document):
+        return RawJSON(text)
+    redacted = redactor.redact(document)
+    return RawJSON(text) if redacted is document else redacted
+
+
 def render_body(
     capture: BodyCapture,
     content_type: str | None,
@@ -153,21 +176,7 @@ def render_body(
             return redactor.redact_text(_decode(data)) + _truncation_marker(capture)
         return f"<binary {media_type or 'body'}, {capture.total} bytes>"
     if _is_json(media_type):
-        text = _decode(data)
-        try:
-            document = json.loads(text)
-        except (ValueError, RecursionError):  # broken, or nested past the parser's limit
-            log_once(
-                f"badjson:{direction}",
-                logging.INFO,
-                "lemma_middleware: a %s body declared as JSON did not parse (broken or nested "
-                "too deep); recorded as redacted text (logged once)",
-                direction,
-            )
-            return redactor.redact_text(text)
-        redacted = redactor.redact(document)
-        # Nothing needed replacing: record the text as it came (no second serialisation).
-        return RawJSON(text) if redacted is document else redacted
+        return _render_json(_decode(data), redactor, direction)
     if media_type == "application/x-www-form-urlencoded":
         return redactor.redact(_form_dict(_decode(data)))
     if media_type.startswith("multipart/"):

@@ -18,6 +18,7 @@ logged and :func:`encode_request` uses OpenTelemetry's encoder instead.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import struct
 from collections.abc import Mapping, Sequence
@@ -135,6 +136,10 @@ def _attributes(tag: int, attributes: Mapping[str, Any] | None) -> list[bytes]:
             if field is not None:
                 fields.append(field)
                 continue
+        if isinstance(value, str) and len(value) >= _LONG_TEXT:  # str or a subclass (RawJSON)
+            with contextlib.suppress(_Unencodable):  # (then skipped and logged below)
+                fields += _long_text_field(prefix, key, _utf8(value))
+                continue
         try:
             kv = _key_value(key, value)
         except (_Unencodable, TypeError, ValueError) as error:
@@ -155,12 +160,32 @@ def _attributes(tag: int, attributes: Mapping[str, Any] | None) -> list[bytes]:
     return fields
 
 
+_LONG_TEXT = 4096
+"""Characters from which a text attribute is kept apart from its headers until the request
+is joined: its bytes are copied once, not once per level of nesting (a request's input and
+output are its largest attributes, each written twice)."""
+
+
+def _long_text_field(prefix: bytes, key: str, text: bytes) -> list[bytes]:
+    """A ``KeyValue`` field holding a text value, as its headers and the text's bytes."""
+    encoded_key = _field(0x0A, _utf8(key)) if key else b""
+    value_header = b"\x0a" + _varint(len(text))
+    any_length = len(value_header) + len(text)
+    key_value = encoded_key + b"\x12" + _varint(any_length) + value_header
+    return [prefix + _varint(len(key_value) + len(text)) + key_value, text]
+
+
+def _wrapped(tag: int, parts: list[bytes]) -> list[bytes]:
+    """``parts`` as the payload of a length-delimited field, without joining them."""
+    return [bytes((tag,)) + _varint(sum(map(len, parts))), *parts]
+
+
 def _flags(parent: SpanContext | None) -> bytes:
     flags = _HAS_IS_REMOTE | (_IS_REMOTE if parent is not None and parent.is_remote else 0)
     return b"\x85\x01" + _FIXED32.pack(flags)  # field 16, fixed32
 
 
-def _span(span: ReadableSpan) -> bytes:
+def _span(span: ReadableSpan) -> list[bytes]:
     context = span.get_span_context()
     assert context is not None
     parts = [
@@ -200,7 +225,7 @@ def _span(span: ReadableSpan) -> bytes:
             status_parts.append(b"\x18" + _varint(status.status_code.value))
         parts.append(_field(0x7A, b"".join(status_parts)))
     parts.append(_flags(parent))
-    return b"".join(parts)
+    return parts
 
 
 def _event(event: Any) -> bytes:
@@ -245,9 +270,10 @@ def _same(one: Resource, other: Resource) -> bool:
     return hash(one) == hash(other) and one == other
 
 
-def _encode(spans: Sequence[ReadableSpan]) -> bytes:
+def _encode(spans: Sequence[ReadableSpan]) -> list[bytes]:
     # Grouped as OpenTelemetry groups them (a dict keyed by resource, then scope), but
-    # without hashing the resource for every span (its hash serialises it to JSON).
+    # without hashing the resource for every span (its hash serialises it to JSON). The
+    # pieces are joined once, at the end.
     groups: list[tuple[Resource, dict[InstrumentationScope | None, list[bytes]]]] = []
     last: tuple[Resource, dict[InstrumentationScope | None, list[bytes]]] | None = None
     for span in spans:
@@ -257,30 +283,39 @@ def _encode(spans: Sequence[ReadableSpan]) -> bytes:
             if last is None:
                 last = (resource, {})
                 groups.append(last)
-        last[1].setdefault(span.instrumentation_scope or None, []).append(_field(0x12, _span(span)))
-    out = []
+        last[1].setdefault(span.instrumentation_scope or None, []).extend(
+            _wrapped(0x12, _span(span))
+        )
+    out: list[bytes] = []
     for resource, scopes in groups:
         parts = [_field(0x0A, b"".join(_attributes(0x0A, resource.attributes)))]
         for scope, encoded in scopes.items():
             scope_parts = [_field(0x0A, _scope(scope)), *encoded]
             if scope is not None and scope.schema_url:
                 scope_parts.append(_field(0x1A, _utf8(scope.schema_url)))
-            parts.append(_field(0x12, b"".join(scope_parts)))
+            parts += _wrapped(0x12, scope_parts)
         if resource.schema_url:
             parts.append(_field(0x1A, _utf8(resource.schema_url)))
-        out.append(_field(0x0A, b"".join(parts)))
-    return b"".join(out)
+        out += _wrapped(0x0A, parts)
+    return out
 
 
-def encode_request(spans: Sequence[ReadableSpan]) -> bytes:
-    """The serialised OTLP ``ExportTraceServiceRequest`` for ``spans``: the bytes
-    OpenTelemetry's encoder gives (its encoder itself if the start-up check failed)."""
+def encode_request_parts(spans: Sequence[ReadableSpan]) -> list[bytes]:
+    """The serialised OTLP ``ExportTraceServiceRequest`` for ``spans``, in pieces that
+    joined are the bytes OpenTelemetry's encoder gives (its encoder itself if the start-up
+    check failed): a batch can be compressed without ever being one buffer."""
     if matches_opentelemetry():
         try:
             return _encode(spans)
         except Exception:
             pass  # e.g. a span name that is not valid UTF-8: OpenTelemetry's own outcome
-    return bytes(encode_spans(spans).SerializeToString())
+    return [bytes(encode_spans(spans).SerializeToString())]
+
+
+def encode_request(spans: Sequence[ReadableSpan]) -> bytes:
+    """The serialised OTLP ``ExportTraceServiceRequest`` for ``spans``: the bytes
+    OpenTelemetry's encoder gives."""
+    return b"".join(encode_request_parts(spans))
 
 
 def _sample_spans() -> list[ReadableSpan]:
@@ -350,9 +385,9 @@ def matches_opentelemetry() -> bool:
     field (checked once; on a mismatch OpenTelemetry's encoder is used)."""
     try:
         spans = _sample_spans()
-        same: bool = _encode(spans) == encode_spans(spans).SerializeToString()
+        same: bool = b"".join(_encode(spans)) == encode_spans(spans).SerializeToString()
         same = same and all(
-            _encode([span]) == encode_spans([span]).SerializeToString() for span in spans
+            b"".join(_encode([span])) == encode_spans([span]).SerializeToString() for span in spans
         )
     except Exception:
         same = False

@@ -20,6 +20,7 @@ replaced in one pass. Over-redacting is the safe side: a name may end any key
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -70,6 +71,17 @@ SECRET_VALUE_PATTERNS: tuple[tuple[str, str, str], ...] = (
 token (``sk-`` and 16 characters or more of ``[A-Za-z0-9_-]``, say), not only its known
 part: over-redacting is the safe side, and no attempt can then re-scan a long token."""
 
+SECRET_LITERALS: tuple[tuple[str, str], ...] = (
+    ("Bearer", "B"),
+    ("eyJ", "J"),
+    ("sk-", "-"),
+    ("A(?:KIA|SIA|Iza)", "A"),
+    ("gh[pousr]_", "_"),
+    ("xox[abeprs]-", "-"),
+)
+"""What every secret shape starts with (a pattern, and its rarest character): a JSON
+document whose text holds none of these holds no secret shape once parsed."""
+
 _CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 _SEPARATORS = re.compile(r"[-. ]")
 _KEY_CACHE_SIZE = 4096
@@ -90,9 +102,13 @@ def _normalise_key(key: str) -> str:
 
 
 def _reversed_spelling(field: str) -> str:
-    """A field's name in any spelling, reversed: each ``_`` as one of ``_.-`` or nothing
-    (``api_key``: ``yek[_.-]?ipa``)."""
-    return "[_.-]?".join(re.escape(part[::-1]) for part in reversed(field.split("_")))
+    """A field's name in any spelling, reversed: each ``_`` as one of ``_.-`` or a space or
+    nothing (``api_key``: ``yek[_. -]?ipa``)."""
+    return "[_. -]?".join(re.escape(part[::-1]) for part in reversed(field.split("_")))
+
+
+def _names(fields: Iterable[str]) -> str:
+    return "|".join(sorted({_reversed_spelling(f) for f in fields}, key=len, reverse=True))
 
 
 def _name_finders(fields: Iterable[str]) -> dict[str, re.Pattern[str]]:
@@ -100,9 +116,20 @@ def _name_finders(fields: Iterable[str]) -> dict[str, re.Pattern[str]]:
     delimiter preceded by a name (optionally with a ``"`` after it, then whitespace): each
     attempt starts at a delimiter and looks only at what precedes it. A match ends where
     the name ends in the text."""
-    names = "|".join(sorted({_reversed_spelling(f) for f in fields}, key=len, reverse=True))
+    names = _names(fields)
     return {
         delimiter: re.compile(rf'{delimiter}\s*+"?(?=(?:{names}))') for delimiter in (":", "=")
+    }
+
+
+def _json_name_finders(fields: Iterable[str]) -> dict[str, re.Pattern[str]]:
+    """The same searches over a JSON document's text, where the whitespace between a name
+    and its delimiter may be written as an escape (``\\n``) and the quote after a name in
+    a string as ``\\"``: what could be a name once the document is parsed."""
+    names = _names(fields)
+    return {
+        delimiter: re.compile(rf'{delimiter}(?:\s|[ntrf]\\)*+(?:"\\?)?(?=(?:{names}))')
+        for delimiter in (":", "=")
     }
 
 
@@ -114,9 +141,14 @@ class Redactor:
         self.fields = frozenset(DEFAULT_REDACT_FIELDS | {_normalise_key(f) for f in extra_fields})
         self._suffixes = tuple("_" + f for f in self.fields)
         self._names = _name_finders(self.fields)
+        self._json_names = _json_name_finders(self.fields)
+        self._fields_written_as_is = all(json.dumps(f)[1:-1] == f for f in self.fields)
         self._secrets = [
             (rarest, re.compile(rf"{re.escape(literal)}(?<!\w{re.escape(literal)}){shape}"))
             for literal, shape, rarest in SECRET_VALUE_PATTERNS
+        ]
+        self._secret_literals = [
+            (rarest, re.compile(literal)) for literal, rarest in SECRET_LITERALS
         ]
         self._keys: dict[str, tuple[str | None, bool]] = {}
         """Keys seen (bounded, as keys are untrusted): see :meth:`_recorded_key`."""
@@ -180,6 +212,28 @@ class Redactor:
             return items if isinstance(value, list) else tuple(items)
         return value
 
+    def finds_nothing_in_json(self, text: str) -> bool:
+        """True when redacting ``text``, a JSON document, would change nothing: neither as
+        text (:meth:`redact_text`) nor once parsed (:meth:`redact`), but for its depth
+        (see :func:`nested_at_most`). Told from the text at about the cost of one search of
+        it, so that a body with nothing sensitive is recorded as it came, neither walked nor
+        serialised again. False when it might: the text holds a secret shape's start, a
+        name before a delimiter in any spelling (as a key, or in a string, the whitespace
+        between written as ``\\n`` or ``\\t`` included), or a ``\\u`` escape."""
+        if ("\\" in text and "\\u" in text) or not self._fields_written_as_is:
+            return False  # a \\u escape could spell anything
+        for rarest, literal in self._secret_literals:
+            if rarest in text and literal.search(text):
+                return False
+        reversed_text: str | None = None
+        for delimiter, finder in self._json_names.items():
+            if delimiter in text:
+                if reversed_text is None:
+                    reversed_text = (text.lower() if text.isascii() else _fold(text))[::-1]
+                if finder.search(reversed_text):
+                    return False
+        return True
+
     def mask(self, *, data: Any, **_: Any) -> Any:
         """The redaction as a Langfuse client's ``mask=``: every observation's input, output
         and metadata (children included) goes through it."""
@@ -228,6 +282,28 @@ class Redactor:
                 value = _COLON_VALUE.match(text, end)
                 if value is not None:
                     yield value.start(1), value.end(1), False
+
+
+def nests_no_deeper(text: str) -> bool:
+    """True when the JSON document ``text`` cannot hold a container deeper than
+    :data:`MAX_DEPTH` levels (so redacting it replaces nothing with :data:`TOO_DEEP`)."""
+    return text.count("{") + text.count("[") <= MAX_DEPTH
+
+
+def nested_at_most(document: Any, levels: int = MAX_DEPTH) -> bool:
+    """Whether :meth:`Redactor.redact` meets no container deeper than ``levels`` in a parsed
+    JSON document."""
+    pending: list[tuple[Any, int]] = [(document, levels)]
+    while pending:
+        value, room = pending.pop()
+        if not isinstance(value, dict | list):
+            continue
+        if room <= 0:
+            return False
+        for item in value.values() if isinstance(value, dict) else value:
+            if isinstance(item, dict | list):
+                pending.append((item, room - 1))
+    return True
 
 
 def _replaced(text: str, spans: list[tuple[int, int, bool]]) -> str:

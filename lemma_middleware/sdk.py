@@ -457,15 +457,22 @@ _MEDIA_MARKERS = ("data:", "inline_data", "inlineData", '"data"')
 
 
 def _may_hold_media(spans: Sequence[ReadableSpan]) -> bool:
-    texts: list[str] = []
-    for span in spans:
+    short: list[str] = []  # searched together
+    long: dict[int, str] = {}  # searched one by one, once: the root's input and output are
+    for span in spans:  # each two attributes holding one object
         for value in (span.attributes or {}).values():
             if isinstance(value, str):
-                texts.append(value)
+                if len(value) < 1024:
+                    short.append(value)
+                else:
+                    long[id(value)] = value
             elif isinstance(value, tuple | list):
-                texts.extend(item for item in value if isinstance(item, str))
-    text = "\n".join(texts)
-    return any(marker in text for marker in _MEDIA_MARKERS)
+                short.extend(item for item in value if isinstance(item, str))
+    return any(_holds_media_marker(text) for text in ("\n".join(short), *long.values()))
+
+
+def _holds_media_marker(text: str) -> bool:
+    return "ata" in text and any(marker in text for marker in _MEDIA_MARKERS)  # all hold "ata"
 
 
 class MediaScreenedExporter(SpanExporter):

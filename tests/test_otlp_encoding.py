@@ -136,7 +136,7 @@ def test_attributes_opentelemetry_cannot_encode_are_skipped_as_it_skips_them(
             "also kept": 3,
         },
     )
-    encoded = otlp._encode([span])
+    encoded = b"".join(otlp._encode([span]))
     assert encoded == opentelemetry_bytes([span])
     assert b"also kept" in encoded and b"too big" not in encoded
     assert "not exported" in caplog.text
@@ -165,6 +165,31 @@ async def test_a_traced_requests_spans_reach_the_destination_as_opentelemetry_en
     await post(make_app(captured.client), "/children", json={"message": "hi"}, headers=headers)
     batch = captured.spans()
     assert len(batch) > 1
+    assert gzip.decompress(encode_batch(batch)) == opentelemetry_bytes(batch)
+
+
+class _Recorded(str):
+    """A text attribute that is a ``str`` subclass, as a body recorded as it came is."""
+
+
+def test_long_texts_and_batches_past_one_compression_chunk_encode_as_opentelemetry_does() -> None:
+    """Long texts are written without copying them per level of nesting; a batch larger
+    than the compressor's chunk is compressed piece by piece: the same bytes either way."""
+    history = "where is my parcel? " * 2_000  # 40 KB, past the long-text threshold
+    batch = [
+        ReadableSpan(
+            name=f"root-{number}",
+            context=SpanContext(number + 1, number + 2, False),
+            resource=Resource({"service.name": "agent"}),
+            attributes={
+                "langfuse.observation.input": _Recorded(history + str(number)),
+                "langfuse.trace.input": history + "é" * number,
+                "short": "x",
+            },
+        )
+        for number in range(12)  # about 1 MB: several of the compressor's chunks
+    ]
+    assert b"".join(otlp._encode(batch)) == opentelemetry_bytes(batch)
     assert gzip.decompress(encode_batch(batch)) == opentelemetry_bytes(batch)
 
 

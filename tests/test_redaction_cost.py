@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bench.traffic import REDACTION_PIECES
-from lemma_middleware.redaction import REDACTED, Redactor
+from lemma_middleware.redaction import REDACTED, Redactor, nested_at_most, nests_no_deeper
 
 from .reference_redaction import ReferenceRedactor
 
@@ -45,6 +45,48 @@ documents = st.recursive(
 def test_nothing_the_previous_redaction_redacted_survives_in_structures(document: Any) -> None:
     redacted = REDACTOR.redact(document)
     assert REFERENCE.redact(redacted) == redacted
+
+
+@settings(max_examples=1500, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(
+    documents,
+    st.booleans(),
+    st.sampled_from([None, 0, 2]),
+    st.sampled_from([(", ", ": "), (",", ":"), (" ,\n", " :\t")]),
+)
+def test_a_json_text_found_clean_needs_no_redaction(
+    document: Any, ascii_only: bool, indent: int | None, separators: tuple[str, str]
+) -> None:
+    """What lets a body be recorded as it came without walking it: whenever the text
+    screen finds nothing, redacting the parsed document changes nothing either (however
+    the JSON is written: escapes, non-ASCII, spacing)."""
+    text = json.dumps(document, ensure_ascii=ascii_only, indent=indent, separators=separators)
+    parsed = json.loads(text)
+    if REDACTOR.finds_nothing_in_json(text) and nested_at_most(parsed):
+        assert REDACTOR.redact(parsed) is parsed
+
+
+def test_the_json_screen_sees_what_parsing_reveals() -> None:
+    """Names behind escapes, secrets in keys, depth: each makes the screen say "look"."""
+    for document in (
+        {"password": "x"},
+        {"note": "my password\n: hunter2"},
+        {"note": 'the "token"\t: abc'},
+        {"api key": "x"},
+        {"sk-abcdefghijklmnopqrstuvwxyz": 1},
+    ):
+        text = json.dumps(document)
+        assert not REDACTOR.finds_nothing_in_json(text), text
+    escaped = r'{"n": "\u0070assword: x"}'  # "password: x" once parsed
+    assert not REDACTOR.finds_nothing_in_json(escaped)
+    deep: Any = "x"
+    for _ in range(70):
+        deep = [deep]
+    assert not nests_no_deeper(json.dumps(deep)) and not nested_at_most(deep)
+    assert nested_at_most(deep[0][0][0][0][0][0])
+    plain = {"messages": [{"role": "user", "content": "reset my password please"}]}
+    text = json.dumps(plain)
+    assert REDACTOR.finds_nothing_in_json(text)
 
 
 @pytest.mark.parametrize(
