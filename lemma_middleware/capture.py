@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import Any
 from urllib.parse import parse_qsl
 
 from .logs import log_once
-from .redaction import Redactor, nested_at_most, nests_no_deeper
+from .redaction import Redactor
 
 
 class BodyCapture:
@@ -116,24 +117,20 @@ def query_dict(query_string: str, redactor: Redactor) -> dict[str, Any] | None:
     return redactor.redact(_form_dict(query_string)) or None
 
 
+_SSE_DATA = re.compile(r"data:(?<![^\r\n]data:) ?([^\r\n]*)")  # at a line's start
+
+
 def sse_payloads(text: str) -> str:
-    """The concatenated ``data:`` payloads of an event stream (``[DONE]`` left out)."""
-    parts: list[str] = []
-    for line in text.splitlines():
-        if line.startswith("data:"):
-            payload = line[5:]
-            if payload.startswith(" "):
-                payload = payload[1:]
-            if payload != "[DONE]":
-                parts.append(payload)
-    return "".join(parts)
+    """The concatenated ``data:`` payloads of an event stream (``[DONE]`` left out); lines
+    end at CR, LF or CRLF, as the event-stream format has them."""
+    return "".join(payload for payload in _SSE_DATA.findall(text) if payload != "[DONE]")
 
 
 def _render_json(text: str, redactor: Redactor, direction: str) -> Any:
-    """A JSON body: as it came when nothing in it is sensitive (neither walked nor
-    serialised again), else parsed and redacted; as redacted text if it does not parse."""
-    clean = redactor.finds_nothing_in_json(text)
-    if clean and nests_no_deeper(text):
+    """A JSON body: as it came when nothing in it is sensitive (neither parsed, walked nor
+    serialised again, however deep), else parsed and redacted; as redacted text if it does
+    not parse."""
+    if redactor.finds_nothing_in_json(text):
         return RawJSON(text)
     try:
         document = json.loads(text)
@@ -146,8 +143,6 @@ def _render_json(text: str, redactor: Redactor, direction: str) -> Any:
             direction,
         )
         return redactor.redact_text(text)
-    if clean and nested_at_most(document):
-        return RawJSON(text)
     redacted = redactor.redact(document)
     return RawJSON(text) if redacted is document else redacted
 

@@ -213,13 +213,14 @@ class Redactor:
         return value
 
     def finds_nothing_in_json(self, text: str) -> bool:
-        """True when redacting ``text``, a JSON document, would change nothing: neither as
-        text (:meth:`redact_text`) nor once parsed (:meth:`redact`), but for its depth
-        (see :func:`nested_at_most`). Told from the text at about the cost of one search of
-        it, so that a body with nothing sensitive is recorded as it came, neither walked nor
-        serialised again. False when it might: the text holds a secret shape's start, a
-        name before a delimiter in any spelling (as a key, or in a string, the whitespace
-        between written as ``\\n`` or ``\\t`` included), or a ``\\u`` escape."""
+        """True when ``text``, a JSON document, holds nothing to redact: neither as text
+        (:meth:`redact_text`) nor once parsed (:meth:`redact` replaces nothing but parts
+        nested deeper than :data:`MAX_DEPTH`). Told from the text at about the cost of one
+        search of it, so that a body with nothing sensitive is recorded as it came, neither
+        parsed, walked nor serialised again. False when it might: the text holds a secret
+        shape's start, a name before a delimiter in any spelling (as a key, or in a string,
+        the whitespace between written as ``\\n`` or ``\\t`` included), or a ``\\u``
+        escape."""
         if ("\\" in text and "\\u" in text) or not self._fields_written_as_is:
             return False  # a \\u escape could spell anything
         for rarest, literal in self._secret_literals:
@@ -282,28 +283,6 @@ class Redactor:
                 value = _COLON_VALUE.match(text, end)
                 if value is not None:
                     yield value.start(1), value.end(1), False
-
-
-def nests_no_deeper(text: str) -> bool:
-    """True when the JSON document ``text`` cannot hold a container deeper than
-    :data:`MAX_DEPTH` levels (so redacting it replaces nothing with :data:`TOO_DEEP`)."""
-    return text.count("{") + text.count("[") <= MAX_DEPTH
-
-
-def nested_at_most(document: Any, levels: int = MAX_DEPTH) -> bool:
-    """Whether :meth:`Redactor.redact` meets no container deeper than ``levels`` in a parsed
-    JSON document."""
-    pending: list[tuple[Any, int]] = [(document, levels)]
-    while pending:
-        value, room = pending.pop()
-        if not isinstance(value, dict | list):
-            continue
-        if room <= 0:
-            return False
-        for item in value.values() if isinstance(value, dict) else value:
-            if isinstance(item, dict | list):
-                pending.append((item, room - 1))
-    return True
 
 
 def _replaced(text: str, spans: list[tuple[int, int, bool]]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -280,28 +281,38 @@ class TracedWSGIExchange(Exchange):
 class TracedBody:
     """The app's response iterable, iterated inside the request's context.
 
-    The root ends when the iterable is exhausted, or in ``close()`` (idempotent) when the
-    server stops early, e.g. because the client went away.
+    Each chunk is produced inside one context of its own (a copy of the server thread's,
+    with the request's trace current), entered per chunk with ``Context.run``: the
+    generator sees the trace whichever thread asks for the next chunk, nothing leaks into
+    the server's context, and a chunk costs no attach and detach. The root ends when the
+    iterable is exhausted, or in ``close()`` (idempotent) when the server stops early,
+    e.g. because the client went away.
     """
 
     def __init__(self, exchange: TracedWSGIExchange, result: Iterable[bytes]) -> None:
         self._exchange = exchange
         self._result = result
         self._iterator: Iterator[bytes] | None = None
+        self._context: contextvars.Context | None = None
         self._done = False
 
     def __iter__(self) -> Iterator[bytes]:
         return self
 
+    def _in_context(self) -> contextvars.Context:
+        if self._context is None:
+            trace = self._exchange.trace
+            assert trace is not None
+            self._context = contextvars.copy_context()
+            self._context.run(trace.activate)  # for the context's life: never undone
+        return self._context
+
     def __next__(self) -> bytes:
         exchange = self._exchange
-        trace = exchange.trace
-        assert trace is not None
         if self._iterator is None:
             self._iterator = iter(self._result)
-        token = trace.activate()
         try:
-            chunk = next(self._iterator)
+            chunk = self._in_context().run(next, self._iterator)
         except StopIteration:
             exchange.completed_at = time.time_ns()
             self._done = True
@@ -311,8 +322,6 @@ class TracedBody:
             self._done = True
             exchange.finish(error)
             raise
-        finally:
-            trace.deactivate(token)
         if exchange.response_body is not None:
             exchange.response_body.feed(chunk)
         return chunk
@@ -324,12 +333,9 @@ class TracedBody:
         close = getattr(self._result, "close", None)
         try:
             if close is not None:
-                token = trace.activate()
-                try:
-                    close()
-                finally:
-                    trace.deactivate(token)
+                self._in_context().run(close)
         finally:
             exchange.disconnected = not self._done
             exchange.finish()
             trace.release()
+            self._context = None

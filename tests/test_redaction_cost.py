@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bench.traffic import REDACTION_PIECES
-from lemma_middleware.redaction import REDACTED, Redactor, nested_at_most, nests_no_deeper
+from lemma_middleware.redaction import REDACTED, Redactor
 
 from .reference_redaction import ReferenceRedactor
 
@@ -62,12 +62,12 @@ def test_a_json_text_found_clean_needs_no_redaction(
     the JSON is written: escapes, non-ASCII, spacing)."""
     text = json.dumps(document, ensure_ascii=ascii_only, indent=indent, separators=separators)
     parsed = json.loads(text)
-    if REDACTOR.finds_nothing_in_json(text) and nested_at_most(parsed):
+    if REDACTOR.finds_nothing_in_json(text):
         assert REDACTOR.redact(parsed) is parsed
 
 
 def test_the_json_screen_sees_what_parsing_reveals() -> None:
-    """Names behind escapes, secrets in keys, depth: each makes the screen say "look"."""
+    """Names behind escapes, secrets in keys: each makes the screen say "look"."""
     for document in (
         {"password": "x"},
         {"note": "my password\n: hunter2"},
@@ -79,11 +79,6 @@ def test_the_json_screen_sees_what_parsing_reveals() -> None:
         assert not REDACTOR.finds_nothing_in_json(text), text
     escaped = r'{"n": "\u0070assword: x"}'  # "password: x" once parsed
     assert not REDACTOR.finds_nothing_in_json(escaped)
-    deep: Any = "x"
-    for _ in range(70):
-        deep = [deep]
-    assert not nests_no_deeper(json.dumps(deep)) and not nested_at_most(deep)
-    assert nested_at_most(deep[0][0][0][0][0][0])
     plain = {"messages": [{"role": "user", "content": "reset my password please"}]}
     text = json.dumps(plain)
     assert REDACTOR.finds_nothing_in_json(text)
