@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 REDACTED = "[REDACTED]"
@@ -74,13 +74,17 @@ part: over-redacting is the safe side, and no attempt can then re-scan a long to
 SECRET_LITERALS: tuple[tuple[str, str], ...] = (
     ("Bearer", "B"),
     ("eyJ", "J"),
-    ("sk-", "-"),
+    ("-(?:(?<=sk-)|(?<=xox[abeprs]-))", "-"),  # sk-, xox?- (one search for both)
     ("A(?:KIA|SIA|Iza)", "A"),
     ("gh[pousr]_", "_"),
-    ("xox[abeprs]-", "-"),
 )
 """What every secret shape starts with (a pattern, and its rarest character): a JSON
 document whose text holds none of these holds no secret shape once parsed."""
+
+MAX_VALUES_PER_TEXT = 100
+"""Values after sensitive names replaced one by one in one text; a text with more (a
+configuration dump, or a body made to cost) has everything before its last 100 replaced
+whole: fail closed, and what a text costs stays about one pass over it."""
 
 _CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 _SEPARATORS = re.compile(r"[-. ]")
@@ -88,13 +92,78 @@ _KEY_CACHE_SIZE = 4096
 
 # What Python's case-insensitive matching equates with an ASCII letter, beyond lower():
 # read as that letter, so that the lower-cased text keeps every position of the original.
-_CASE_FOLD = str.maketrans({"\u0130": "i", "\u0131": "i", "\u017f": "s", "\u212a": "k"})
+_CASE_FOLD = (("\u0130", "i"), ("\u0131", "i"), ("\u017f", "s"), ("\u212a", "k"))
 
-# After a name: the value of `"name": value` (a JSON string, possibly cut, or a bare value),
-# of `name=value` (up to & or whitespace, possibly empty), of `name: value` / `name = value`.
-_JSON_VALUE = re.compile(r'"\s*+:\s*+("[^"\\]*+(?:\\.[^"\\]*+)*+"?|[^,}\]\s]++)')
-_PAIR_VALUE = re.compile(r"=([^&\s]*+)")
-_COLON_VALUE = re.compile(r"\s*+[:=]\s*+([^\s,;&]++)")
+# What follows a name before its value: `"` + `:` (JSON), or a delimiter (`:` or `=`), with
+# any whitespace around; a JSON string value (possibly cut). A value that is not a JSON
+# string runs to the first of its stop characters (see _Runs).
+_JSON_LEAD = re.compile(r'"\s*+:\s*+')
+_JSON_STRING = re.compile(r'"[^"\\]*+(?:\\.[^"\\]*+)*+"?')
+_DELIMITER_LEAD = re.compile(r"\s*+[:=]\s*+")
+_BARE_JSON_STOP = re.compile(r"[,}\]\s]")  # `"name": value` not quoted
+_VALUE_STOP = re.compile(r"[\s,;&]")  # `name: value`, `name = value`
+_PAIR_STOP = re.compile(r"[&\s]")  # `name=value`
+
+
+class _Runs:
+    """Where a value that starts at a position ends, for one kind of value, asked from the
+    end of a text towards its start: each question scans only up to where the previous
+    answer starts (a run of value characters holding many names is read once, not once
+    per name: the cost stays linear)."""
+
+    __slots__ = ("_known_end", "_known_from", "_stop", "_text")
+
+    def __init__(self, text: str, stop: re.Pattern[str]) -> None:
+        self._text, self._stop = text, stop
+        self._known_from = self._known_end = len(text)
+
+    def end(self, start: int) -> int:
+        """The end of the value starting at ``start`` (asked at falling positions)."""
+        if start > self._known_from:  # (not asked in this order: scan to the end)
+            found = self._stop.search(self._text, start)
+            return found.start() if found else len(self._text)
+        found = self._stop.search(self._text, start, self._known_from)
+        end = found.start() if found else self._known_end
+        self._known_from, self._known_end = start, end
+        return end
+
+
+class _Values:
+    """The values after names in one text, asked from the end of the text towards its
+    start (see :class:`_Runs`)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.bare_json = _Runs(text, _BARE_JSON_STOP)
+        self.delimited = _Runs(text, _VALUE_STOP)
+        self.pair = _Runs(text, _PAIR_STOP)
+
+    def after(self, end: int) -> list[tuple[int, int, bool]]:
+        """The values after a name ending at ``end`` (start, end, as a JSON string): of
+        `"name": value`; else of `name: value` / `name = value` and of `name=value`, which
+        can both follow one name."""
+        text = self.text
+        if text.startswith('"', end):
+            lead = _JSON_LEAD.match(text, end)
+            if lead is None:
+                return []
+            start = lead.end()
+            if text.startswith('"', start):
+                string = _JSON_STRING.match(text, start)
+                assert string is not None  # (it matches any quote)
+                return [(start, string.end(), True)]
+            stop = self.bare_json.end(start)
+            return [(start, stop, True)] if stop > start else []
+        found = []
+        lead = _DELIMITER_LEAD.match(text, end)
+        if lead is not None:
+            start = lead.end()
+            stop = self.delimited.end(start)
+            if stop > start:
+                found.append((start, stop, False))
+        if text.startswith("=", end):
+            found.append((end + 1, self.pair.end(end + 1), False))
+        return found
 
 
 def _normalise_key(key: str) -> str:
@@ -108,7 +177,9 @@ def _reversed_spelling(field: str) -> str:
 
 
 def _names(fields: Iterable[str]) -> str:
-    return "|".join(sorted({_reversed_spelling(f) for f in fields}, key=len, reverse=True))
+    """The reversed spellings of every field, longest first, as one group."""
+    names = "|".join(sorted({_reversed_spelling(f) for f in fields}, key=len, reverse=True))
+    return f"(?:{names})"
 
 
 def _name_finders(fields: Iterable[str]) -> dict[str, re.Pattern[str]]:
@@ -118,7 +189,7 @@ def _name_finders(fields: Iterable[str]) -> dict[str, re.Pattern[str]]:
     the name ends in the text."""
     names = _names(fields)
     return {
-        delimiter: re.compile(rf'{delimiter}\s*+"?(?=(?:{names}))') for delimiter in (":", "=")
+        delimiter: re.compile(rf'{delimiter}\s*+"?(?={names})') for delimiter in (":", "=")
     }
 
 
@@ -128,7 +199,7 @@ def _json_name_finders(fields: Iterable[str]) -> dict[str, re.Pattern[str]]:
     a string as ``\\"``: what could be a name once the document is parsed."""
     names = _names(fields)
     return {
-        delimiter: re.compile(rf'{delimiter}(?:\s|[ntrf]\\)*+(?:"\\?)?(?=(?:{names}))')
+        delimiter: re.compile(rf'{delimiter}(?:\s|[ntrf]\\)*+(?:"\\?)?(?={names})')
         for delimiter in (":", "=")
     }
 
@@ -243,46 +314,48 @@ class Redactor:
     def redact_text(self, text: str) -> str:
         """``text`` with the values after sensitive names and secret-shaped values replaced
         (``text`` itself when there is none): ``"name": value`` (the value as a JSON string),
-        ``name=value``, ``name: value``, ``name = value``, in any spelling of the name."""
-        secrets = list(self._secret_spans(text))
-        if secrets:  # first, so that a value after a name runs on as far as it then does
-            text = _replaced(text, secrets)
+        ``name=value``, ``name: value``, ``name = value``, in any spelling of the name. A
+        text with more than :data:`MAX_VALUES_PER_TEXT` such values has all but the last of
+        them replaced whole, with what lies between (what one text can cost is bounded)."""
+        original = text
+        for rarest, pattern in self._secrets:  # first, so that a value after a name runs
+            if rarest in text:  # on as far as it then does; one character: memchr speed
+                text = pattern.sub(REDACTED, text)
         if ":" in text or "=" in text:
-            values = list(self._value_spans(text))
-            if values:
-                text = _replaced(text, values)
-        return text
+            spans, cut = self._value_spans(text)
+            if cut:
+                marker = f"[REDACTED: {cut} characters with more than {MAX_VALUES_PER_TEXT} "
+                marker += "sensitive values]"
+                shift = len(marker) - cut
+                text = marker + text[cut:]
+                spans = [(start + shift, stop + shift, quoted) for start, stop, quoted in spans]
+            if spans:
+                text = _replaced(text, spans)
+        return original if text == original else text
 
-    def _secret_spans(self, text: str) -> Iterator[tuple[int, int, bool]]:
-        for first, pattern in self._secrets:
-            if first in text:  # one character: searched at memchr speed
-                for found in pattern.finditer(text):
-                    yield found.start(), found.end(), False
-
-    def _value_spans(self, text: str) -> Iterator[tuple[int, int, bool]]:
+    def _value_spans(self, text: str) -> tuple[list[tuple[int, int, bool]], int]:
         """Where the values after a sensitive name are (start, end, recorded as a JSON
-        string)."""
-        reversed_text: str | None = None
+        string); with more than :data:`MAX_VALUES_PER_TEXT` names for a delimiter, only
+        those after the last ones, and where the text is replaced whole up to (else 0)."""
+        reversed_text = (text.lower() if text.isascii() else _fold(text))[::-1]
         size = len(text)
+        ends: list[int] = []  # where names end
+        beyond = 0  # where the names past the limit end, at most
         for delimiter, finder in self._names.items():
-            if delimiter not in text:
-                continue
-            if reversed_text is None:
-                reversed_text = (text.lower() if text.isascii() else _fold(text))[::-1]
-            for name in finder.finditer(reversed_text):
-                end = size - name.end()  # where the name ends in the text
-                if text.startswith('"', end):
-                    value = _JSON_VALUE.match(text, end)
-                    if value is not None:
-                        yield value.start(1), value.end(1), True
-                    continue
-                if text.startswith("=", end):
-                    value = _PAIR_VALUE.match(text, end)
-                    if value is not None:
-                        yield value.start(1), value.end(1), False
-                value = _COLON_VALUE.match(text, end)
-                if value is not None:
-                    yield value.start(1), value.end(1), False
+            if delimiter in text:
+                for count, name in enumerate(finder.finditer(reversed_text)):  # from the end
+                    if count == MAX_VALUES_PER_TEXT:
+                        beyond = max(beyond, size - name.end())
+                        break
+                    ends.append(size - name.end())
+        ends.sort(reverse=True)
+        values = _Values(text)
+        spans = [span for end in ends for span in values.after(end)]
+        if not beyond:
+            return spans, 0
+        cut = max([beyond, *(stop for _, stop, _ in _Values(text).after(beyond))])
+        kept = [(max(start, cut), stop, quoted) for start, stop, quoted in spans if stop > cut]
+        return kept, cut
 
 
 def _replaced(text: str, spans: list[tuple[int, int, bool]]) -> str:
@@ -302,10 +375,13 @@ def _replaced(text: str, spans: list[tuple[int, int, bool]]) -> str:
     return "".join(pieces)
 
 
+
 def _fold(text: str) -> str:
     """``text`` lower-cased as Python's case-insensitive matching reads it, one character
-    for one (so that positions in it are positions in ``text``)."""
-    folded = text.translate(_CASE_FOLD).lower()
-    if len(folded) == len(text):
-        return folded
-    return "".join(character.lower()[:1] for character in text.translate(_CASE_FOLD))
+    for one (so that positions in it are positions in ``text``): U+0130, the one character
+    whose ``lower()`` is two, and the three others that match an ASCII letter, are read as
+    that letter (replaced at C speed, as each is found)."""
+    for character, letter in _CASE_FOLD:
+        if character in text:
+            text = text.replace(character, letter)
+    return text.lower()

@@ -108,3 +108,28 @@ def test_nothing_to_redact_returns_the_same_objects() -> None:
         assert REDACTOR.redact(document) is document
     text = "reset my token please"
     assert REDACTOR.redact_text(text) is text
+
+
+def test_a_text_full_of_secrets_costs_a_bounded_number_of_replacements(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Counted, not timed: however many values a text holds, at most
+    MAX_VALUES_PER_TEXT + 1 per delimiter are handled one by one; the text before them is
+    replaced whole, so none survives."""
+    from lemma_middleware import redaction
+
+    calls = 0
+    values_after = redaction._Values.after
+
+    def counted(self: Any, end: int) -> list[tuple[int, int, bool]]:
+        nonlocal calls
+        calls += 1
+        return values_after(self, end)
+
+    monkeypatch.setattr(redaction._Values, "after", counted)
+    text = "".join(f"pwd:s{n} token=t{n} " for n in range(10_000))
+    redacted = REDACTOR.redact_text(text)
+    assert calls <= 2 * (redaction.MAX_VALUES_PER_TEXT + 1)
+    assert not any(f"s{n} " in redacted or f"t{n} " in redacted for n in range(10_000))
+    assert redacted.endswith("pwd:[REDACTED] token=[REDACTED] ")
+    assert REFERENCE.redact_text(redacted) == redacted
