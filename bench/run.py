@@ -1019,7 +1019,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--smoke", action="store_true", help="tiny run, no targets (for CI)")
     parser.add_argument(
-        "--only", default="asgi,wsgi,shapes,redaction,e2e,e2e-history,batching,memory,outage"
+        "--only",
+        default="asgi,wsgi,shapes,layers,redaction,e2e,e2e-history,batching,memory,outage",
     )
     parser.add_argument("--seconds", type=float, default=5.0, help="wrk duration per round")
     parser.add_argument("--connections", type=int, default=16)
@@ -1036,9 +1037,17 @@ def main(argv: list[str] | None = None) -> int:
     if "asgi" in sections:
         export_cost_section(64 if args.smoke else 1024)
     wsgi = wsgi_section(rounds, per_round) if "wsgi" in sections else None
-    from bench.shapes import e2e_history_section, judge_shapes, redaction_section, shapes_section
+    from bench.shapes import (
+        e2e_history_section,
+        judge_shapes,
+        layers_section,
+        redaction_section,
+        shapes_section,
+    )
 
     shapes = shapes_section(1 if args.smoke else 5, args.smoke) if "shapes" in sections else None
+    if "layers" in sections:
+        layers_section()
     redaction = redaction_section(5 if args.smoke else 300) if "redaction" in sections else None
     history = (
         e2e_history_section(seconds, args.connections, 1 if args.smoke else 3)

@@ -34,7 +34,7 @@ from bench.run import (
     users_langfuse,
     wsgi_caller,
 )
-from bench.traffic import HISTORY, HISTORY_CLEAN, HOSTILE, SHAPES, Shape
+from bench.traffic import HISTORY, HISTORY_CLEAN, HOSTILE, PLAIN, SHAPES, Shape
 from lemma_middleware import build_client
 from lemma_middleware.delivery import encode_batch
 from lemma_middleware.provider import OwnedTracerProvider
@@ -229,16 +229,16 @@ def redaction_section(examples: int) -> dict[str, float]:
     )
     rows.append(("plain text of the same size", len(plain), plain_cost, float("nan")))
     print("\nRedaction alone, ns per byte (best of 5; the previous redaction: one run)")
-    print(f"{'text':56} {'bytes':>7} {'this':>8} {'previous':>9}")
+    print(f"{'text':56} {'bytes':>7} {'this':>8} {'previous':>9} {'this, µs':>9}")
     for name, size, ours, before in rows:
-        print(f"{name:56} {size:7} {ours:8.1f} {before:9.1f}")
+        print(f"{name:56} {size:7} {ours:8.1f} {before:9.1f} {ours * size / 1000:9.1f}")
     print(f"slowest found / plain text of the same size: {worst_cost / plain_cost:.1f}x")
     return {
         "history": next(r[2] for r in rows if r[0] == f"{HISTORY.name}, as text"),
         "hostile": next(r[2] for r in rows if r[0] == f"{HOSTILE.name}, as text"),
         "worst": worst_cost,
         "plain": plain_cost,
-        "max": max(r[2] for r in rows),
+        "max": max(r[2] for r in rows if r[1] >= 1024),  # (below: the call, not the bytes)
     }
 
 
@@ -287,6 +287,7 @@ def judge_shapes(
         hand = shapes[("wsgi", HISTORY.name, "handwritten")]
         hostile = overhead("wsgi", HOSTILE, "lemma")
         clean = overhead("wsgi", HISTORY_CLEAN, "lemma")
+        plain = overhead("wsgi", PLAIN, "lemma")
         short = overhead("wsgi", SHAPES[0], "lemma")
         short_otel = overhead("wsgi", SHAPES[0], "otel")
         checks += [
@@ -296,12 +297,14 @@ def judge_shapes(
              f"{total:.0f} vs {hand:.0f} us"),
             ("hostile 64 KB: overhead <= 2.5x clean history's", hostile <= 2.5 * clean,
              f"{hostile:.0f} vs {clean:.0f} us"),
+            ("hostile 64 KB: overhead <= 1.25x its plain twin's", hostile <= 1.25 * plain,
+             f"{hostile:.0f} vs {plain:.0f} us"),
             ("short body, WSGI: overhead <= 1.5x OpenTelemetry's", short <= 1.5 * short_otel,
              f"{short:.0f} vs {short_otel:.0f} us"),
         ]  # fmt: skip
     if redaction:
         checks.append(
-            ("redaction <= 10 ns/byte on every input", redaction["max"] <= 10,
+            ("redaction <= 10 ns/byte on every input of 1 KB+", redaction["max"] <= 10,
              f"max {redaction['max']:.1f}, slowest found {redaction['worst']:.1f} ns/byte")
         )  # fmt: skip
     if history:
@@ -318,3 +321,82 @@ def judge_shapes(
              f"{ours_load.p99_ms:.1f} vs {native.p99_ms:.1f} ms"),
         ]  # fmt: skip
     return checks
+
+
+# the per-byte path, layer by layer -----------------------------------------------------
+
+
+def _root_span_for(shape: Shape) -> Any:
+    """The root the middleware records for one request of ``shape`` (real SDK, Flask)."""
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    client = build_client(
+        span_exporter=exporter,
+        tracer_provider=OwnedTracerProvider(),
+        public_key=f"pk-layers-{abs(hash(shape.name))}",
+    )
+    wsgi_caller(make_wsgi("lemma", client), "/chat", shape.body)()
+    client.flush()
+    return next(span for span in exporter.get_finished_spans() if span.parent is None)
+
+
+def _layers_of(shape: Shape, redactor: Redactor) -> dict[str, float]:
+    import zlib
+
+    from lemma_middleware.capture import BodyCapture, render_body
+    from lemma_middleware.otlp import encode_request_parts
+    from lemma_middleware.recording import serialise
+    from lemma_middleware.sdk import _may_hold_media
+
+    body = shape.body
+    size = len(body)
+    text = body.decode()
+    capture = BodyCapture(64 * 1024)
+    capture.feed(body)
+    rendered = render_body(capture, "application/json", None, redactor, "request")
+    root = _root_span_for(shape)
+    encoded = b"".join(encode_request_parts([root]))
+
+    def feed() -> None:
+        fresh = BodyCapture(64 * 1024)
+        for start in range(0, size, 16 * 1024):  # as a server delivers it
+            fresh.feed(body[start : start + 16 * 1024])
+        fresh.data()
+
+    def isal(level: int) -> Callable[[], Any]:
+        try:
+            from isal import isal_zlib
+        except ImportError:
+            return lambda: None
+        return lambda: isal_zlib.compress(encoded, level, 31)
+
+    layers: dict[str, Callable[[], Any]] = {
+        "capture (copy as it streams)": feed,
+        "decode (UTF-8)": lambda: body.decode("utf-8", errors="replace"),
+        "redaction: text screen": lambda: redactor.finds_nothing_in_json(text),
+        "parse (json.loads; when the screen finds something)": lambda: json.loads(text),
+        "redaction: structure walk (idem)": lambda: redactor.redact(json.loads(text)),
+        "rendering, all of it (what the request pays)": lambda: render_body(
+            capture, "application/json", None, redactor, "request"
+        ),
+        "serialise (the recorded text)": lambda: serialise(rendered, 64 * 1024 + 200),
+        "media screen (export thread)": lambda: _may_hold_media([root]),
+        "OTLP encoding of the root (export thread)": lambda: encode_request_parts([root]),
+        "gzip, zlib level 1": lambda: zlib.compress(encoded, 1),
+        "gzip, ISA-L level 0": isal(0),
+        "gzip, ISA-L level 1 (used)": isal(1),
+    }
+    return {name: _ns_per_byte(run, size, repeat=50) for name, run in layers.items()}
+
+
+def layers_section() -> dict[str, dict[str, float]]:
+    """ns per byte of each layer a body goes through, on the history and the hostile body
+    (best of 50; per byte of the request body)."""
+    redactor = Redactor()
+    results = {shape.name: _layers_of(shape, redactor) for shape in (HISTORY, HOSTILE)}
+    print("\nThe per-byte path, layer by layer: ns per byte of request body (best of 50)")
+    print(f"{'layer':54}" + "".join(f" {name[:30]:>30}" for name in results))
+    for layer in next(iter(results.values())):
+        print(f"{layer:54}" + "".join(f" {values[layer]:30.2f}" for values in results.values()))
+    return results

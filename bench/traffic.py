@@ -64,9 +64,11 @@ HISTORY = Shape("28 KB history, everyday words", conversation(28_000))
 HISTORY_CLEAN = Shape("28 KB history, without them", conversation(28_000, with_words=False))
 OVER_CAP = Shape("200 KB body (over the cap)", conversation(200_000))
 HOSTILE = Shape('64 KB "password" repeated', json.dumps({"message": "password " * 7282}).encode())
+PLAIN = Shape('64 KB "delivery" repeated', json.dumps({"message": "delivery " * 7282}).encode())
+"""The hostile body's twin: the same size and shape, no word a secret is named by."""
 SSE = Shape("SSE answer, 500 chunks", PROMPT.body, stream=True)
 
-SHAPES = (SHORT, PROMPT, HISTORY, HISTORY_CLEAN, OVER_CAP, HOSTILE, SSE)
+SHAPES = (SHORT, PROMPT, HISTORY, HISTORY_CLEAN, OVER_CAP, HOSTILE, PLAIN, SSE)
 """The request-shape table's rows; the history is the headline row."""
 
 SSE_CHUNKS = 500
