@@ -193,6 +193,23 @@ def test_long_texts_and_batches_past_one_compression_chunk_encode_as_opentelemet
     assert gzip.decompress(encode_batch(batch)) == opentelemetry_bytes(batch)
 
 
+def test_without_isal_batches_are_gzipped_by_zlib(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where ISA-L ships no wheels the export falls back to zlib: the same format."""
+    import importlib
+    import zlib
+
+    from lemma_middleware import delivery
+
+    def no_isal(name: str) -> Any:
+        raise ImportError(name)
+
+    monkeypatch.setattr(importlib, "import_module", no_isal)
+    assert delivery._gzip_compressor() is zlib.compressobj
+    monkeypatch.setattr(delivery, "_compressor", zlib.compressobj)
+    span = ReadableSpan(name="root", context=SpanContext(1, 2, False), resource=Resource({}))
+    assert gzip.decompress(encode_batch([span])) == opentelemetry_bytes([span])
+
+
 @pytest.mark.expect_internal_errors
 def test_a_mismatch_at_start_up_switches_to_opentelemetrys_encoder(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
