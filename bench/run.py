@@ -743,29 +743,39 @@ SERVED_HEADER = (
 )
 
 
-def e2e_section(seconds: float, connections: int, rounds: int) -> dict[str, Served]:
-    """Every variant under a real server and real export; a traced variant that received
-    fewer traces than it served requests dropped some, and is flagged."""
+def e2e_section(
+    seconds: float,
+    connections: int,
+    rounds: int,
+    variants: dict[str, tuple[str, ...]] = E2E_VARIANTS,
+    body: bytes = BODY,
+    bodies: str = "",
+) -> dict[str, Served]:
+    """Every variant under a real server and real export, each request carrying ``body``
+    (``bodies`` says which in the titles); a traced variant that received fewer traces than
+    it served requests dropped some, and is flagged."""
+    plans: list[Plan] = [
+        {f"{kind} {name}": (kind, name, {}) for name in names} for kind, names in variants.items()
+    ]
     results = load_in_turn(
-        [
-            {f"{kind} {variant}": (kind, variant, {}) for variant in variants}
-            for kind, variants in E2E_VARIANTS.items()
-        ],
+        plans,
         seconds,
         connections,
         rounds,
+        body=body,
     )
     servers_used = {"asgi": "uvicorn, 1 worker", "wsgi": "gunicorn --reuse-port, 2 gthread x 8"}
-    for kind, variants in E2E_VARIANTS.items():
-        names = ASGI_NAMES if kind == "asgi" else WSGI_NAMES
+    for kind, names in variants.items():
+        labels = ASGI_NAMES if kind == "asgi" else WSGI_NAMES
         print(
-            f"\nEnd to end, {kind.upper()} under {servers_used[kind]}, wrk -t1 -c{connections}, "
-            f"{rounds} rounds of {round(seconds)}s, export to the local inbox (medians)"
+            f"\nEnd to end, {kind.upper()} under {servers_used[kind]}{bodies}, wrk -t1 "
+            f"-c{connections}, {rounds} rounds of {round(seconds)}s, export to the local inbox "
+            "(medians)"
         )
         print(SERVED_HEADER)
         base = results[f"{kind} bare"].load.requests_per_s
-        for variant in variants:
-            print(_served_line(names[variant], results[f"{kind} {variant}"], base))
+        for name in names:
+            print(_served_line(labels[name], results[f"{kind} {name}"], base))
     return results
 
 

@@ -22,14 +22,11 @@ from typing import Any
 from bench.apps import OTEL_PROVIDERS, make_asgi, make_wsgi
 from bench.run import (
     ASGI_NAMES,
-    E2E_VARIANTS,
-    SERVED_HEADER,
     WSGI_NAMES,
     EncodeOnly,
     Served,
-    _served_line,
     asgi_caller,
-    load_in_turn,
+    e2e_section,
     otlp_exporter_encoding,
     users_langfuse,
     wsgi_caller,
@@ -249,25 +246,8 @@ def e2e_history_section(seconds: float, connections: int, rounds: int) -> dict[s
     """The end-to-end variants with the 28 KB history as every request's body."""
     variants = {"asgi": ("bare", "fastapi-otel", "handwritten", "lemma")}
     variants["wsgi"] = ("bare", "otel", "handwritten", "lemma")
-    assert all(v in E2E_VARIANTS[k] for k, vs in variants.items() for v in vs)
-    results = load_in_turn(
-        [{f"{kind} {v}": (kind, v, {}) for v in names} for kind, names in variants.items()],
-        seconds,
-        connections,
-        rounds,
-        body=HISTORY.body,
-    )
-    for kind, names in variants.items():
-        labels = ASGI_NAMES if kind == "asgi" else WSGI_NAMES
-        print(
-            f"\nEnd to end, {kind.upper()}, every body the {len(HISTORY.body):,}-byte history, "
-            f"wrk -t1 -c{connections}, {rounds} rounds of {round(seconds)}s (medians)"
-        )
-        print(SERVED_HEADER)
-        base = results[f"{kind} bare"].load.requests_per_s
-        for variant in names:
-            print(_served_line(labels[variant], results[f"{kind} {variant}"], base))
-    return results
+    bodies = f", every body the {len(HISTORY.body):,}-byte history"
+    return e2e_section(seconds, connections, rounds, variants, HISTORY.body, bodies)
 
 
 def judge_shapes(
@@ -344,6 +324,8 @@ def _root_span_for(shape: Shape) -> Any:
 def _layers_of(shape: Shape, redactor: Redactor) -> dict[str, float]:
     import zlib
 
+    from opentelemetry.sdk.trace import TracerProvider
+
     from lemma_middleware.capture import BodyCapture, render_body
     from lemma_middleware.otlp import encode_request_parts
     from lemma_middleware.recording import serialise
@@ -364,6 +346,14 @@ def _layers_of(shape: Shape, redactor: Redactor) -> dict[str, float]:
             fresh.feed(body[start : start + 16 * 1024])
         fresh.data()
 
+    tracer = TracerProvider().get_tracer("layers")
+    attributes = dict(root.attributes or {})
+
+    def set_attributes() -> None:
+        span = tracer.start_span("root")
+        span.set_attributes(attributes)
+        span.end()
+
     def isal(level: int) -> Callable[[], Any]:
         try:
             from isal import isal_zlib
@@ -381,6 +371,7 @@ def _layers_of(shape: Shape, redactor: Redactor) -> dict[str, float]:
             capture, "application/json", None, redactor, "request"
         ),
         "serialise (the recorded text)": lambda: serialise(rendered, 64 * 1024 + 200),
+        "attributes (a span started, the root's set, ended)": set_attributes,
         "media screen (export thread)": lambda: _may_hold_media([root]),
         "OTLP encoding of the root (export thread)": lambda: encode_request_parts([root]),
         "gzip, zlib level 1": lambda: zlib.compress(encoded, 1),
