@@ -112,13 +112,17 @@ _CACHED = 4096  # entries in each cache at most
 _CACHED_TEXT = 64  # characters of a text value cached with its key at most
 
 
-def _key_value(key: str, value: Any) -> bytes:
+def _encoded_key(key: str) -> bytes:
     encoded_key = _keys.get(key)
     if encoded_key is None:
         encoded_key = _field(0x0A, _utf8(key)) if key else b""  # proto3 omits ""
         if len(_keys) < _CACHED:
             _keys[key] = encoded_key
-    return encoded_key + _field(0x12, _any_value(value))
+    return encoded_key
+
+
+def _key_value(key: str, value: Any) -> bytes:
+    return _encoded_key(key) + _field(0x12, _any_value(value))
 
 
 def _attributes(tag: int, attributes: Mapping[str, Any] | None) -> list[bytes]:
@@ -168,10 +172,9 @@ output are its largest attributes, each written twice)."""
 
 def _long_text_field(prefix: bytes, key: str, text: bytes) -> list[bytes]:
     """A ``KeyValue`` field holding a text value, as its headers and the text's bytes."""
-    encoded_key = _field(0x0A, _utf8(key)) if key else b""
     value_header = b"\x0a" + _varint(len(text))
     any_length = len(value_header) + len(text)
-    key_value = encoded_key + b"\x12" + _varint(any_length) + value_header
+    key_value = _encoded_key(key) + b"\x12" + _varint(any_length) + value_header
     return [prefix + _varint(len(key_value) + len(text)) + key_value, text]
 
 
