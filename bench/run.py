@@ -44,9 +44,9 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from bench.apps import OTEL_PROVIDERS, NoOpExporter, make_asgi, make_wsgi, sdk_floor
 from lemma_middleware import build_client
-from lemma_middleware.delivery import encode_batch
-from lemma_middleware.provider import OwnedTracerProvider
-from lemma_middleware.sdk import langfuse_exporter
+from lemma_middleware.delivery.encoding import encode_batch
+from lemma_middleware.export.provider import OwnedTracerProvider
+from lemma_middleware.sdk.media_screen import langfuse_exporter
 
 ROOT = Path(__file__).resolve().parents[1]
 BODY = b'{"message": "where is my parcel?"}'

@@ -33,9 +33,9 @@ from bench.run import (
 )
 from bench.traffic import HISTORY, HISTORY_CLEAN, HOSTILE, PLAIN, SHAPES, Shape
 from lemma_middleware import build_client
-from lemma_middleware.delivery import encode_batch
-from lemma_middleware.provider import OwnedTracerProvider
-from lemma_middleware.redaction import Redactor
+from lemma_middleware.core.redaction import Redactor
+from lemma_middleware.delivery.encoding import encode_batch
+from lemma_middleware.export.provider import OwnedTracerProvider
 
 SHAPE_VARIANTS = {"asgi": ("bare", "fastapi-otel", "handwritten", "lemma")}
 SHAPE_VARIANTS["wsgi"] = ("bare", "otel", "handwritten", "lemma")
@@ -326,10 +326,10 @@ def _layers_of(shape: Shape, redactor: Redactor) -> dict[str, float]:
 
     from opentelemetry.sdk.trace import TracerProvider
 
-    from lemma_middleware.capture import BodyCapture, render_body
-    from lemma_middleware.otlp import encode_request_parts
-    from lemma_middleware.recording import serialise
-    from lemma_middleware.sdk import _may_hold_media
+    from lemma_middleware.core.capture import BodyCapture, render_body
+    from lemma_middleware.core.recording import serialise
+    from lemma_middleware.delivery.otlp import encode_request_parts
+    from lemma_middleware.sdk.media_screen import _may_hold_media
 
     body = shape.body
     size = len(body)

@@ -20,9 +20,9 @@ from typing import Any
 
 import httpx
 
-from lemma_middleware.__main__ import main as cli
-from lemma_middleware.contract import roots_of
-from lemma_middleware.inbox import DEFAULT_PORT, Inbox, SpanStore, default_db
+from lemma_middleware.inbox.cli import main as cli
+from lemma_middleware.inbox.store import DEFAULT_PORT, Inbox, SpanStore, default_db
+from lemma_middleware.testing.contract import roots_of
 
 PUBLIC_KEY, SECRET_KEY = "pk-lf-demo", "sk-lf-demo"
 ROOT = Path(__file__).resolve().parents[1]

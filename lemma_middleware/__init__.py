@@ -1,21 +1,33 @@
 """lemma-middleware: one Lemma-conformant Langfuse trace per request to your AI agent.
 
-Everything users need is importable from here::
+Everything users need is importable from here (``__all__`` is the API the README
+documents; the subpackages are the implementation)::
 
     from lemma_middleware import LemmaMiddleware, bind, set_input, set_output
 """
 
-from .asgi import LemmaMiddleware
-from .context import bind, current, get_trace_id, outgoing_headers, set_input, set_output
-from .delivery import DeliveryStats, export_stats
-from .export import build_client, resolve_destinations
-from .flask_integration import LemmaFlask
-from .identity import Identity, normalise_id
-from .options import DEFAULT_EXCLUDE_METHODS, DEFAULT_EXCLUDE_PATHS, OptionError, TracingOptions
-from .redaction import DEFAULT_REDACT_FIELDS, REDACTED
-from .request import RequestTrace
-from .tracing import Tracing
-from .wsgi import LemmaWSGIMiddleware
+from lemma_middleware.adapters.asgi import LemmaMiddleware
+from lemma_middleware.adapters.flask import LemmaFlask
+from lemma_middleware.adapters.wsgi import LemmaWSGIMiddleware
+from lemma_middleware.core.identity import normalise_id
+from lemma_middleware.core.options import (
+    DEFAULT_EXCLUDE_METHODS,
+    DEFAULT_EXCLUDE_PATHS,
+    OptionError,
+    Options,
+)
+from lemma_middleware.core.redaction import DEFAULT_REDACT_FIELDS, REDACTED
+from lemma_middleware.delivery.exporter import export_stats
+from lemma_middleware.delivery.stats import DeliveryStats
+from lemma_middleware.export.client import build_client
+from lemma_middleware.export.destinations import resolve_destinations
+from lemma_middleware.request.context import (
+    bind,
+    get_trace_id,
+    outgoing_headers,
+    set_input,
+    set_output,
+)
 
 __all__ = [
     "DEFAULT_EXCLUDE_METHODS",
@@ -23,17 +35,13 @@ __all__ = [
     "DEFAULT_REDACT_FIELDS",
     "REDACTED",
     "DeliveryStats",
-    "Identity",
     "LemmaFlask",
     "LemmaMiddleware",
     "LemmaWSGIMiddleware",
     "OptionError",
-    "RequestTrace",
-    "Tracing",
-    "TracingOptions",
+    "Options",
     "bind",
     "build_client",
-    "current",
     "export_stats",
     "get_trace_id",
     "normalise_id",

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan
 
-from lemma_middleware.contract import check_traces
-from lemma_middleware.testing import TraceCapture
+from lemma_middleware.testing.contract import check_traces
+from lemma_middleware.testing.plugin import TraceCapture
 
 Captured = TraceCapture
 
@@ -60,7 +60,7 @@ def no_internal_errors(request: pytest.FixtureRequest) -> Iterator[Any]:
 
 @pytest.fixture(autouse=True)
 def fresh_log_once() -> None:
-    from lemma_middleware import logs
+    from lemma_middleware.core import logs
 
     logs._logged_once.clear()
 

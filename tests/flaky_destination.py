@@ -9,7 +9,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from lemma_middleware.receiver import _gunzip, decode_export
+from lemma_middleware.inbox.receiver import _gunzip, decode_export
 
 
 class FlakyDestination:

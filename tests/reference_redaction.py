@@ -7,12 +7,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from lemma_middleware.redaction import (
-    DEFAULT_REDACT_FIELDS,
-    MAX_DEPTH,
-    REDACTED,
-    TOO_DEEP,
-)
+from lemma_middleware.core.redaction import DEFAULT_REDACT_FIELDS, MAX_DEPTH, REDACTED, TOO_DEEP
 
 SECRET_VALUE_PATTERNS: tuple[str, ...] = (
     r"\bBearer\s+[A-Za-z0-9._~+/=-]{8,}",
@@ -110,6 +105,3 @@ class ReferenceRedactor:
         text = self._json_text.sub(rf'\1"{REDACTED}"', text)
         text = self._pair_text.sub(rf"\1{REDACTED}", text)
         return self._colon_text.sub(rf"\1{REDACTED}", text)
-
-
-

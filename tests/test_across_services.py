@@ -14,8 +14,9 @@ from typing import Any
 import httpx
 
 from examples.demo import start_gunicorn, start_uvicorn
-from lemma_middleware.contract import check_traces
-from lemma_middleware.receiver import OTLPReceiver, ReceivedSpan
+from lemma_middleware.inbox.receiver import OTLPReceiver
+from lemma_middleware.testing.contract import check_traces
+from lemma_middleware.testing.records import ReceivedSpan
 
 from .conftest import environ_without_destinations, langfuse_environ
 

@@ -21,9 +21,9 @@ from hypothesis import strategies as st
 from opentelemetry.sdk.trace import ReadableSpan
 
 from lemma_middleware import LemmaMiddleware, LemmaWSGIMiddleware
-from lemma_middleware.contract import check_traces
-from lemma_middleware.identity import LANGFUSE_VALUE_LIMIT
-from lemma_middleware.testing import TraceCapture
+from lemma_middleware.core.identity import LANGFUSE_VALUE_LIMIT
+from lemma_middleware.testing.contract import check_traces
+from lemma_middleware.testing.plugin import TraceCapture
 
 CASES = int(os.environ.get("LEMMA_FUZZ_CASES", "6000"))
 SECRET = "SECRETVAL"  # + digits: the value of every secret-shaped field generated

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from lemma_middleware.contract import ContractViolation, assert_conformant, check_traces
-from lemma_middleware.receiver import ReceivedSpan
+from lemma_middleware.testing.contract import ContractViolation, assert_conformant, check_traces
+from lemma_middleware.testing.records import ReceivedSpan
 
 from .apps import make_app
 from .conftest import Captured

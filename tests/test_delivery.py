@@ -19,10 +19,15 @@ from langfuse import Langfuse
 from opentelemetry.sdk.trace import TracerProvider
 
 from examples.demo import ROOT, free_port, wait_until_up
-from lemma_middleware import build_client, delivery, export_stats
-from lemma_middleware.delivery import DeliveryExporter, OTLPHTTPSender
-from lemma_middleware.receiver import OTLPReceiver
-from lemma_middleware.sdk import _langfuse_processor, inspect_client
+from lemma_middleware import build_client, export_stats
+from lemma_middleware.delivery import backoff
+from lemma_middleware.delivery.deadline import deadline
+from lemma_middleware.delivery.exit import wait_for_backlogs
+from lemma_middleware.delivery.exporter import DeliveryExporter, exporters
+from lemma_middleware.delivery.http import OTLPHTTPSender
+from lemma_middleware.inbox.receiver import OTLPReceiver
+from lemma_middleware.sdk.client import inspect_client
+from lemma_middleware.sdk.spans import langfuse_processor
 
 from .conftest import environ_without_destinations
 from .flaky_destination import FlakyDestination
@@ -37,8 +42,8 @@ def destination() -> Iterator[FlakyDestination]:
 
 @pytest.fixture(autouse=True)
 def quick_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(delivery, "FIRST_BACKOFF", 0.05)
-    monkeypatch.setattr(delivery, "MAX_BACKOFF", 0.3)
+    monkeypatch.setattr(backoff, "FIRST_BACKOFF", 0.05)
+    monkeypatch.setattr(backoff, "MAX_BACKOFF", 0.3)
 
 
 @dataclass
@@ -61,7 +66,7 @@ def exporting_to(url: str) -> Exporting:
         otlp_endpoint=url, timeout=0.5, flush_interval=0.05, flush_at=8, tracer_provider=provider
     )
     assert client is not None
-    (exporter,) = [e for e in delivery._exporters if e.sender.endpoint == url]
+    (exporter,) = [e for e in exporters if e.sender.endpoint == url]
     return Exporting(client, provider, exporter)
 
 
@@ -184,9 +189,9 @@ def test_a_bounded_flush_returns_by_its_deadline_with_a_hanging_destination(
     exporting = exporting_to(destination.url)
     exporting.emit(turns("stuck", 30))
     started = time.monotonic()
-    with delivery.deadline(0.4):
+    with deadline(0.4):
         exporting.provider.force_flush()
-        assert not delivery.wait_for_backlogs()
+        assert not wait_for_backlogs()
     assert time.monotonic() - started < 1.2
     destination.mode = "up"
     assert destination.wait_for(set(turns("stuck", 30)), 10)
@@ -286,7 +291,7 @@ def test_a_slow_destination_never_overflows_the_batch_queue_and_flush_still_mean
     names = turns("burst", 120)  # 15 batches: 2.25 s of answers
     access = inspect_client(exporting.client)
     assert access.public_key is not None
-    batch_processor = _langfuse_processor(exporting.provider, access.public_key)
+    batch_processor = langfuse_processor(exporting.provider, access.public_key)
     assert batch_processor is not None
     started = time.monotonic()
     exporting.emit(names)
@@ -298,3 +303,20 @@ def test_a_slow_destination_never_overflows_the_batch_queue_and_flush_still_mean
     assert destination.span_names == sorted(destination.span_names, key=names.index)
     stats = exporting.exporter.stats
     assert stats.dropped == 0 and stats.backlog_spans == 0 and stats.delivered >= len(names)
+
+
+def test_overlapping_bounded_flushes_leave_no_passed_deadline_behind(
+    destination: FlakyDestination,
+) -> None:
+    """Two flushes bounded at once (two threads' lifespan shutdowns, a flush inside another's
+    block) that end out of order: once both ended, nothing bounds delivery any more."""
+    exporting = exporting_to(destination.url)
+    short, long = deadline(0.05), deadline(30.0)
+    short.__enter__()
+    long.__enter__()  # started while the short one runs, ends after it
+    short.__exit__(None, None, None)
+    time.sleep(0.1)  # the short one's deadline has passed
+    long.__exit__(None, None, None)
+    exporting.emit(turns("after", 3))
+    exporting.provider.force_flush()
+    assert destination.wait_for(set(turns("after", 3)), 5)

@@ -14,7 +14,7 @@ import pytest
 
 from examples.demo import free_port, start_gunicorn, start_uvicorn
 from lemma_middleware import resolve_destinations
-from lemma_middleware.receiver import OTLPReceiver
+from lemma_middleware.inbox.receiver import OTLPReceiver
 
 from .conftest import environ_without_destinations, langfuse_environ
 
@@ -205,7 +205,7 @@ def test_batching_defaults_and_environment(monkeypatch: pytest.MonkeyPatch) -> N
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
     from lemma_middleware import build_client
-    from lemma_middleware.export import DEFAULT_FLUSH_AT, DEFAULT_FLUSH_INTERVAL
+    from lemma_middleware.export.client import DEFAULT_FLUSH_AT, DEFAULT_FLUSH_INTERVAL
 
     def batching(**kwargs: Any) -> tuple[int, float]:
         client = build_client(

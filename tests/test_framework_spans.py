@@ -19,7 +19,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from lemma_middleware import LemmaMiddleware, build_client
-from lemma_middleware.provider import OwnedTracerProvider
+from lemma_middleware.export.provider import OwnedTracerProvider
 
 from .conftest import assert_tree_whole
 
@@ -136,7 +136,7 @@ def test_default_fastapi_app_in_a_fresh_process_exports_only_the_lemma_trace() -
         from opentelemetry import trace
         from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
         from lemma_middleware import LemmaMiddleware, build_client
-        from lemma_middleware.provider import OwnedTracerProvider
+        from lemma_middleware.export.provider import OwnedTracerProvider
 
         exporter = InMemorySpanExporter()
         client = build_client(span_exporter=exporter, public_key="pk-fresh")
@@ -185,7 +185,7 @@ def test_default_fastapi_app_in_a_fresh_process_exports_only_the_lemma_trace() -
 def test_export_decision_per_scope_matches_langfuses_default_filter() -> None:
     from langfuse.span_filter import is_default_export_span
 
-    from lemma_middleware.processors import ExportFilter
+    from lemma_middleware.export.processors import ExportFilter
 
     provider, memory = TracerProvider(), InMemorySpanExporter()
     provider.add_span_processor(SimpleSpanProcessor(memory))

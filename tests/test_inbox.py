@@ -16,9 +16,9 @@ from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.trace import TracerProvider
 
 from lemma_middleware import build_client
-from lemma_middleware.__main__ import main
-from lemma_middleware.inbox import Inbox, SpanStore
-from lemma_middleware.receiver import ReceivedSpan
+from lemma_middleware.inbox.cli import main
+from lemma_middleware.inbox.store import Inbox, SpanStore
+from lemma_middleware.testing.records import ReceivedSpan
 
 from .apps import make_app
 from .conftest import Captured
@@ -191,7 +191,7 @@ async def test_threads_show_and_check_commands(
     db: Path, captured: Captured, capsys: pytest.CaptureFixture[str]
 ) -> None:
     await play(captured.client)
-    from lemma_middleware.contract import as_records
+    from lemma_middleware.testing.contract import as_records
 
     SpanStore(db).add(as_records(captured.spans()))
     assert main(["--db", str(db), "threads"]) == 0

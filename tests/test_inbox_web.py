@@ -15,7 +15,7 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
 from lemma_middleware import build_client
-from lemma_middleware.inbox import Inbox
+from lemma_middleware.inbox.store import Inbox
 
 from .apps import make_app
 from .test_trace_contract import post

@@ -13,8 +13,9 @@ from collections.abc import Iterator
 import pytest
 
 from examples.demo import start_uvicorn
-from lemma_middleware.contract import check_traces
-from lemma_middleware.receiver import OTLPReceiver, ReceivedSpan
+from lemma_middleware.inbox.receiver import OTLPReceiver
+from lemma_middleware.testing.contract import check_traces
+from lemma_middleware.testing.records import ReceivedSpan
 
 from .conftest import environ_without_destinations, langfuse_environ, run_test_app
 

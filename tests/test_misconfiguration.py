@@ -117,7 +117,7 @@ def test_the_typed_options_are_exactly_the_compiled_options() -> None:
     ``TracingOptions.compile`` (the reference) name the same options with the same types."""
     import typing
 
-    from lemma_middleware import options
+    from lemma_middleware.core import options
 
     typed = typing.get_type_hints(options.Options)
     compiled = typing.get_type_hints(options.TracingOptions.compile)

@@ -16,8 +16,8 @@ from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceState
 
-from lemma_middleware import otlp
-from lemma_middleware.delivery import encode_batch
+from lemma_middleware.delivery import otlp
+from lemma_middleware.delivery.encoding import encode_batch
 
 from .apps import make_app
 from .conftest import Captured
@@ -198,14 +198,14 @@ def test_without_isal_batches_are_gzipped_by_zlib(monkeypatch: pytest.MonkeyPatc
     import importlib
     import zlib
 
-    from lemma_middleware import delivery
+    from lemma_middleware.delivery import encoding
 
     def no_isal(name: str) -> Any:
         raise ImportError(name)
 
     monkeypatch.setattr(importlib, "import_module", no_isal)
-    assert delivery._gzip_compressor() is zlib.compressobj
-    monkeypatch.setattr(delivery, "_compressor", zlib.compressobj)
+    assert encoding._gzip_compressor() is zlib.compressobj
+    monkeypatch.setattr(encoding, "_compressor", zlib.compressobj)
     span = ReadableSpan(name="root", context=SpanContext(1, 2, False), resource=Resource({}))
     assert gzip.decompress(encode_batch([span])) == opentelemetry_bytes([span])
 

@@ -156,7 +156,7 @@ async def test_a_resolver_that_raises_costs_the_request_nothing(
 async def test_a_failure_inside_the_middleware_is_logged_and_the_request_goes_on(
     captured: Captured, monkeypatch: pytest.MonkeyPatch, no_internal_errors: Any
 ) -> None:
-    from lemma_middleware.request import RequestTrace
+    from lemma_middleware.request.trace import RequestTrace
 
     def broken(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("bug in lemma_middleware")
@@ -172,7 +172,7 @@ async def test_websocket_and_lifespan_pass_through_and_shutdown_flushes(
 ) -> None:
     from starlette.testclient import TestClient
 
-    from lemma_middleware.tracing import Tracing
+    from lemma_middleware.adapters.tracing import Tracing
 
     flushes: list[Tracing] = []
     monkeypatch.setattr(Tracing, "flush", lambda self: flushes.append(self))

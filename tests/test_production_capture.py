@@ -12,7 +12,7 @@ from langfuse import get_client, observe
 from opentelemetry import trace
 
 from lemma_middleware import LemmaMiddleware
-from lemma_middleware.testing import TraceCapture
+from lemma_middleware.testing.plugin import TraceCapture
 
 HEADERS = {"x-conversation-id": "conv-9", "x-user-id": "alice", "x-tenant-id": "acme"}
 

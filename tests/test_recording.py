@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from lemma_middleware import REDACTED
-from lemma_middleware.capture import BodyCapture, render_body
-from lemma_middleware.redaction import Redactor
+from lemma_middleware.core.capture import BodyCapture, render_body
+from lemma_middleware.core.redaction import Redactor
 
 from .apps import make_app
 from .conftest import Captured

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bench.traffic import REDACTION_PIECES
-from lemma_middleware.redaction import REDACTED, Redactor
+from lemma_middleware.core.redaction import REDACTED, Redactor
 
 from .reference_redaction import ReferenceRedactor
 
@@ -116,7 +116,7 @@ def test_a_text_full_of_secrets_costs_a_bounded_number_of_replacements(
     """Counted, not timed: however many values a text holds, at most
     MAX_VALUES_PER_TEXT + 1 per delimiter are handled one by one; the text before them is
     replaced whole, so none survives."""
-    from lemma_middleware import redaction
+    from lemma_middleware.core import redaction
 
     calls = 0
     values_after = redaction._Values.after

@@ -12,8 +12,9 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from lemma_middleware.contract import check_traces
-from lemma_middleware.sdk import CLIENT_INTERNALS, check_span_internals
+from lemma_middleware.sdk.client import CLIENT_INTERNALS
+from lemma_middleware.sdk.spans import check_span_internals
+from lemma_middleware.testing.contract import check_traces
 
 from .apps import make_app
 from .conftest import Captured, assert_tree_whole
@@ -24,7 +25,7 @@ _keys = itertools.count()
 
 def test_the_installed_sdks_have_every_internal_the_fast_paths_use(captured: Captured) -> None:
     assert check_span_internals() == (True, True)
-    from lemma_middleware.sdk import inspect_client
+    from lemma_middleware.sdk.client import inspect_client
 
     access = inspect_client(captured.client)
     assert access.enabled and access.mask_known
@@ -132,13 +133,13 @@ async def test_propagated_attributes_in_the_context_match_propagate_attributes(
 ) -> None:
     """The direct path (context values set by the middleware) and Langfuse's public
     ``propagate_attributes`` give every child the same attributes."""
-    from lemma_middleware import sdk
-    from lemma_middleware.testing import TraceCapture
+    from lemma_middleware.sdk import propagation
+    from lemma_middleware.testing.plugin import TraceCapture
 
-    assert sdk.direct_propagation_works()
+    assert propagation.direct_propagation_works()
     results = []
     for direct in (True, False):
-        monkeypatch.setattr(sdk, "direct_propagation_works", lambda direct=direct: direct)
+        monkeypatch.setattr(propagation, "direct_propagation_works", lambda direct=direct: direct)
         capture = TraceCapture()
         await post(make_app(capture.client), "/children", json={"message": "hi"}, headers=HEADERS)
         results.append((_children_identity(capture), capture.root().attributes))
@@ -157,15 +158,15 @@ async def test_propagated_attributes_in_the_context_match_propagate_attributes(
 async def test_a_renamed_propagation_key_function_falls_back_to_the_public_api(
     captured: Captured, no_internal_errors: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from lemma_middleware import sdk
+    from lemma_middleware.sdk import propagation
 
-    sdk.direct_propagation_works.cache_clear()
-    monkeypatch.setattr(sdk, "PROPAGATION_KEY_FUNCTION", "_renamed_context_key")
+    propagation.direct_propagation_works.cache_clear()
+    monkeypatch.setattr(propagation, "PROPAGATION_KEY_FUNCTION", "_renamed_context_key")
     try:
-        assert not sdk.direct_propagation_works()
+        assert not propagation.direct_propagation_works()
         await post(make_app(captured.client), "/children", json={"message": "hi"}, headers=HEADERS)
     finally:
-        sdk.direct_propagation_works.cache_clear()
+        propagation.direct_propagation_works.cache_clear()
     spans = captured.spans()
     assert check_traces(spans) == []
     assert {c["session.id"] for c in _children_identity(captured)} == {"conv-42"}
@@ -199,7 +200,7 @@ def _client_with(exporter: Any, **kwargs: Any) -> tuple[Any, TracerProvider, str
             span_exporter=exporter,
             **kwargs,
         )
-        from lemma_middleware.export import wire_client
+        from lemma_middleware.export.client import wire_client
 
         wire_client(client)
     else:
@@ -208,7 +209,7 @@ def _client_with(exporter: Any, **kwargs: Any) -> tuple[Any, TracerProvider, str
 
 
 def test_batches_without_media_skip_the_media_pass_and_send_the_same_bytes() -> None:
-    from lemma_middleware.sdk import MediaScreenedExporter, langfuse_exporter
+    from lemma_middleware.sdk.media_screen import MediaScreenedExporter, langfuse_exporter
 
     exporter = _Recording()
     client, provider, key = _client_with(exporter)
@@ -239,7 +240,7 @@ def test_batches_without_media_skip_the_media_pass_and_send_the_same_bytes() -> 
 def test_a_client_masking_spans_at_export_keeps_the_whole_media_pass() -> None:
     from langfuse._client.span_exporter import LangfuseTransformingSpanExporter
 
-    from lemma_middleware.sdk import langfuse_exporter
+    from lemma_middleware.sdk.media_screen import langfuse_exporter
 
     exporter = _Recording()
     _, provider, key = _client_with(exporter, mask_otel_spans=lambda **kwargs: None)
@@ -253,10 +254,10 @@ def test_a_client_masking_spans_at_export_keeps_the_whole_media_pass() -> None:
 async def _trace_through(shortcut: bool, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     """One request's spans (root and children, as exported) with roots started through
     the shortcut or through Langfuse's processor."""
-    from lemma_middleware import sdk
-    from lemma_middleware.testing import TraceCapture
+    from lemma_middleware.sdk import root_shortcut
+    from lemma_middleware.testing.plugin import TraceCapture
 
-    monkeypatch.setattr(sdk, "root_shortcut_works", lambda: shortcut)
+    monkeypatch.setattr(root_shortcut, "root_shortcut_works", lambda: shortcut)
     capture = TraceCapture()
     try:
         await post(make_app(capture.client), "/children", json={"message": "hi"}, headers=HEADERS)
@@ -280,9 +281,9 @@ async def test_roots_started_directly_come_out_as_langfuses_processor_makes_them
 ) -> None:
     """Same attributes in the same order on the root and on every child (only the root is
     the app root), whichever way the root was started."""
-    from lemma_middleware import sdk
+    from lemma_middleware.sdk import root_shortcut
 
-    assert sdk.root_shortcut_works()
+    assert root_shortcut.root_shortcut_works()
     direct = await _trace_through(True, monkeypatch)
     through_langfuse = await _trace_through(False, monkeypatch)
     assert direct == through_langfuse
@@ -295,8 +296,8 @@ async def test_roots_started_directly_come_out_as_langfuses_processor_makes_them
 
 
 def test_the_middlewares_clients_start_roots_directly(captured: Captured) -> None:
-    from lemma_middleware.export import wire_client
-    from lemma_middleware.sdk import _RootProcessors
+    from lemma_middleware.export.client import wire_client
+    from lemma_middleware.sdk.root_shortcut import _RootProcessors
 
     access = wire_client(captured.client)
     span = access.start_root("agent", Context(), {"langfuse.observation.type": "agent"})
@@ -312,8 +313,8 @@ def test_a_root_in_a_context_with_propagated_attributes_goes_through_langfuses_p
     from langfuse import propagate_attributes
     from opentelemetry import context as otel_context
 
-    from lemma_middleware.export import wire_client
-    from lemma_middleware.sdk import _RootProcessors
+    from lemma_middleware.export.client import wire_client
+    from lemma_middleware.sdk.root_shortcut import _RootProcessors
 
     access = wire_client(captured.client)
     with propagate_attributes(user_id="outer-user"):
@@ -333,29 +334,29 @@ def test_a_langfuse_whose_app_root_bookkeeping_changed_keeps_the_full_path(
     """If the shortcut stops matching Langfuse (here: it forgets to remember the root as
     exported, so the child would be marked an app root too), the start-up check says so
     and roots go through Langfuse's processor."""
-    from lemma_middleware import sdk
+    from lemma_middleware.sdk import root_shortcut
 
     forgetful = lambda self, span, parent_context=None: None  # noqa: E731
-    monkeypatch.setattr(sdk._RootProcessors, "on_start", forgetful)
-    sdk.root_shortcut_works.cache_clear()
+    monkeypatch.setattr(root_shortcut._RootProcessors, "on_start", forgetful)
+    root_shortcut.root_shortcut_works.cache_clear()
     try:
-        assert not sdk.root_shortcut_works()
+        assert not root_shortcut.root_shortcut_works()
         client, provider, _ = _client_with(InMemorySpanExporter())
-        from lemma_middleware.export import wire_client
+        from lemma_middleware.export.client import wire_client
 
         span = wire_client(client).start_root("agent", Context(), {"n": 1})
-        assert not isinstance(span._span_processor, sdk._RootProcessors)
+        assert not isinstance(span._span_processor, root_shortcut._RootProcessors)
         span.end()
         provider.shutdown()
     finally:
-        sdk.root_shortcut_works.cache_clear()
+        root_shortcut.root_shortcut_works.cache_clear()
     messages = [r.getMessage() for r in no_internal_errors.records]
     assert any("app-root bookkeeping" in m for m in messages), messages
 
 
 def test_a_client_with_its_own_export_filter_keeps_the_full_path() -> None:
-    from lemma_middleware.export import wire_client
-    from lemma_middleware.sdk import _RootProcessors
+    from lemma_middleware.export.client import wire_client
+    from lemma_middleware.sdk.root_shortcut import _RootProcessors
 
     client, provider, _ = _client_with(InMemorySpanExporter(), should_export_span=lambda s: True)
     span = wire_client(client).start_root("agent", Context(), {"n": 1})
@@ -368,8 +369,9 @@ def test_a_client_with_its_own_export_filter_keeps_the_full_path() -> None:
 def test_a_langfuse_without_the_app_root_bookkeeping_says_so_and_keeps_the_full_path(
     no_internal_errors: Any,
 ) -> None:
-    from lemma_middleware.export import wire_client
-    from lemma_middleware.sdk import _langfuse_processor, _RootProcessors
+    from lemma_middleware.export.client import wire_client
+    from lemma_middleware.sdk.root_shortcut import _RootProcessors
+    from lemma_middleware.sdk.spans import langfuse_processor
 
     provider, key = TracerProvider(), f"pk-old-{next(_keys)}"
     client = Langfuse(
@@ -378,7 +380,7 @@ def test_a_langfuse_without_the_app_root_bookkeeping_says_so_and_keeps_the_full_
         tracer_provider=provider,
         span_exporter=InMemorySpanExporter(),
     )
-    processor = _langfuse_processor(provider, key)
+    processor = langfuse_processor(provider, key)
     assert processor is not None
     del processor._span_export_expectation_by_id  # as a Langfuse without it would be
     span = wire_client(client).start_root("agent", Context(), {"n": 1})

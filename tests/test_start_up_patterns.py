@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from lemma_middleware.contract import check_traces
-from lemma_middleware.receiver import OTLPReceiver
+from lemma_middleware.inbox.receiver import OTLPReceiver
+from lemma_middleware.testing.contract import check_traces
 
 from .conftest import environ_without_destinations, langfuse_environ, run_test_app
 

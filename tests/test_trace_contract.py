@@ -89,7 +89,7 @@ def test_service_name_resource_defaults_to_the_agent_name() -> None:
     import sys
 
     script = (
-        "from lemma_middleware.provider import provider_for\n"
+        "from lemma_middleware.export.provider import provider_for\n"
         "from opentelemetry import trace\n"
         "provider = provider_for(None, 'support-agent', '2.0')\n"
         "assert trace.get_tracer_provider() is provider\n"

@@ -12,9 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lemma_middleware import normalise_id
-from lemma_middleware.capture import BodyCapture, parsed, render_body
-from lemma_middleware.identity import MAX_ID_LENGTH
-from lemma_middleware.redaction import MAX_DEPTH, REDACTED, TOO_DEEP, Redactor
+from lemma_middleware.core.capture import BodyCapture, parsed, render_body
+from lemma_middleware.core.identity import MAX_ID_LENGTH
+from lemma_middleware.core.redaction import MAX_DEPTH, REDACTED, TOO_DEEP, Redactor
 
 from .apps import make_app
 from .conftest import Captured
@@ -161,7 +161,7 @@ def test_a_deep_document_given_to_set_input_is_bounded(depth: int) -> None:
 
 @given(st.text(max_size=400))
 def test_any_metadata_value_fits_langfuses_limit_in_its_json_form(raw: str) -> None:
-    from lemma_middleware.attributes import json_text, metadata_value
+    from lemma_middleware.core.attributes import json_text, metadata_value
 
     value = metadata_value("key", raw)
     assert len(json_text(value)) <= 200
@@ -179,10 +179,10 @@ async def test_ids_near_the_limit_keep_every_key_langfuse_checks(
     """Issue 9, finding 4: an id of 199-200 characters lost its metadata copies, because
     Langfuse checks their JSON form. Checked through Langfuse's own propagate_attributes
     (``direct=False``) too, which drops what does not fit."""
-    from lemma_middleware import sdk
-    from lemma_middleware.testing import TraceCapture
+    from lemma_middleware.sdk import propagation
+    from lemma_middleware.testing.plugin import TraceCapture
 
-    monkeypatch.setattr(sdk, "direct_propagation_works", lambda: direct)
+    monkeypatch.setattr(propagation, "direct_propagation_works", lambda: direct)
     capture = TraceCapture()
     headers = {"x-conversation-id": thread_id, "x-tenant-id": "acme"}
     app = make_app(capture.client, metadata={"note": 'a "quoted" note ' * 15})

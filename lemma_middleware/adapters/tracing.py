@@ -1,0 +1,145 @@
+"""What both adapters share: the compiled options, the Langfuse client, and starting a
+request's trace.
+
+An adapter (ASGI, WSGI) builds one :class:`Tracing` from its keyword options, asks
+:meth:`Tracing.is_excluded` for each request, and starts the request's
+:class:`~lemma_middleware.request.RequestTrace` with :meth:`Tracing.start` (or
+:meth:`Tracing.start_async`, which awaits async user callables and runs sync ones in a
+worker thread so they cannot block the event loop).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+from asgiref.sync import async_to_sync, sync_to_async
+from langfuse import Langfuse
+
+from lemma_middleware.core.logs import call_guarded, logger, report_callback_error, report_untraced
+from lemma_middleware.core.options import TracingOptions, compile_options, valid_environment
+from lemma_middleware.core.recording import Recorder, RequestInfo
+from lemma_middleware.delivery.deadline import deadline
+from lemma_middleware.delivery.exit import set_exit_timeout, wait_for_backlogs
+from lemma_middleware.export.client import build_client, wire_client
+from lemma_middleware.export.provider import framework_telemetry_idle
+from lemma_middleware.request.trace import RequestTrace, TraceSetup
+from lemma_middleware.sdk.client import ClientAccess
+
+
+def _is_async(function: Callable[..., Any]) -> bool:
+    """An ``async def`` function, or an object whose ``__call__`` is one."""
+    return inspect.iscoroutinefunction(function) or inspect.iscoroutinefunction(
+        type(function).__call__
+    )
+
+
+class Tracing:
+    """Compiled options and export shared by every request a middleware traces."""
+
+    def __init__(self, **options: Any) -> None:
+        """``options``: those of :meth:`TracingOptions.compile` (the README's table)."""
+        compiled = compile_options(options)
+        set_exit_timeout(compiled.flush_timeout)
+        client, access = self._client(compiled)
+        self.langfuse: Langfuse | None = client
+        self.access: ClientAccess = access
+        self.enabled = access.enabled
+        self.options: TracingOptions = dataclasses.replace(
+            compiled,
+            environment=compiled.environment or valid_environment(access.environment),
+            release=compiled.release or access.release,
+        )
+        mask = access.mask
+        if getattr(mask, "__self__", None) == self.options.redactor:
+            mask = None  # the client masks with this very redaction: the root has it already
+        self.recorder = Recorder(self.options, mask, bodies_allowed=access.mask_known)
+        self.setup = TraceSetup(self.options, self.recorder, access.start_root, access.public_key)
+        """What each request's trace is given (see :class:`.request.trace.RequestTrace`)."""
+        self.is_excluded = self.options.is_excluded
+        """``is_excluded(method, path)``: True for a request passed through untraced."""
+        callables = [
+            (name, function)
+            for name, function in (
+                ("identity_resolver", self.options.identity_resolver),
+                ("agent_name", self.options.agent_name),
+            )
+            if callable(function)
+        ]
+        # Each user callable as the sync adapter calls it and as the async one awaits it.
+        self._sync_callables = [
+            (name, async_to_sync(f) if _is_async(f) else f) for name, f in callables
+        ]
+        self._async_callables = [
+            (name, f if _is_async(f) else sync_to_async(f, thread_sensitive=False))
+            for name, f in callables
+        ]
+        self.framework_telemetry_idle = partial(framework_telemetry_idle, access.provider)
+        """True while FastAPI's native telemetry would record nothing anyone receives (the
+        ASGI adapter then serves the request without it; see :mod:`.provider`)."""
+        self.awaits_callables = bool(callables)
+        """Whether :meth:`start_async` has anything to await (else :meth:`start` will do)."""
+        if not self.enabled:
+            logger.warning(
+                "lemma_middleware: tracing is off (no Langfuse keys, no LEMMA_API_KEY/"
+                "LEMMA_PROJECT_ID, no LEMMA_OTLP_ENDPOINT, or a disabled client); "
+                "requests are served untraced"
+            )
+
+    @staticmethod
+    def _client(options: TracingOptions) -> tuple[Langfuse | None, ClientAccess]:
+        client = options.langfuse
+        try:
+            if client is None:
+                client = build_client(
+                    service_name=options.service_name,
+                    environment=options.environment,
+                    release=options.release,
+                    redact_fields=options.redactor.extra_fields,
+                )
+            if client is not None:
+                return client, wire_client(client)
+        except Exception:
+            logger.exception("lemma_middleware: setting up export failed; tracing is off")
+        return None, ClientAccess.disabled()
+
+    def start(self, request: RequestInfo) -> RequestTrace | None:
+        """Open the root observation for ``request``; None if that failed (logged once).
+        Async user callables are run to completion on a private event loop."""
+        results = {
+            name: call_guarded(name, function, request.request)
+            for name, function in self._sync_callables
+        }
+        return self._start(request, results)
+
+    async def start_async(self, request: RequestInfo) -> RequestTrace | None:
+        """:meth:`start` for an event loop: async user callables are awaited, sync ones run
+        in a worker thread."""
+        results = {}
+        for name, function in self._async_callables:
+            try:
+                results[name] = await function(request.request)
+            except Exception as error:
+                report_callback_error(name, error)
+        return self._start(request, results)
+
+    def _start(self, request: RequestInfo, results: dict[str, Any]) -> RequestTrace | None:
+        try:
+            return RequestTrace(
+                self.setup, request, results.get("identity_resolver"), results.get("agent_name")
+            )
+        except Exception as error:
+            report_untraced(error)
+            return None
+
+    def flush(self) -> None:
+        """Export pending traces now, within ``flush_timeout`` (blocking; call off the
+        request path). What a destination that is down could not take stays in its backlog
+        (delivered later, or bounded at exit)."""
+        if self.langfuse is not None and self.enabled:
+            with deadline(self.options.flush_timeout):
+                self.langfuse.flush()
+                wait_for_backlogs()

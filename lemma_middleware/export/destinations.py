@@ -1,0 +1,147 @@
+"""Where traces go: a Langfuse client wired to Lemma, Langfuse, both, or any OTLP endpoint.
+
+:func:`build_client` reads the environment users already have (or explicit arguments):
+
+* Lemma: ``LEMMA_API_KEY`` + ``LEMMA_PROJECT_ID`` (a UUID), ``LEMMA_BASE_URL`` (the full
+  OTLP traces URL, default ``https://api.uselemma.ai/otel/v1/traces``);
+* Langfuse: ``LANGFUSE_PUBLIC_KEY`` + ``LANGFUSE_SECRET_KEY`` (+ ``LANGFUSE_HOST`` /
+  ``LANGFUSE_BASE_URL``);
+* any OTLP/HTTP endpoint: ``LEMMA_OTLP_ENDPOINT`` (full traces URL) and optional
+  ``LEMMA_OTLP_HEADERS`` (``name=value,name=value``).
+
+Every configured destination gets every trace, each through its own background batch
+processor and its own :class:`~lemma_middleware.delivery.DeliveryExporter` (retries with
+backoff from a bounded backlog, failures counted and logged, exit bounded by
+``flush_timeout``), so a slow or down destination never delays another (nor the request).
+Without a Langfuse key pair the client is still given a working setup (the Langfuse
+client disables itself without keys). A misconfiguration is logged once at start-up and
+that destination is left out.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import langfuse
+
+LEMMA_DEFAULT_URL = "https://api.uselemma.ai/otel/v1/traces"
+
+
+@dataclass(frozen=True)
+class Destination:
+    """One OTLP/HTTP protobuf endpoint that receives every trace (``headers`` are sent
+    with each request; ``langfuse_account`` is a Langfuse destination's public key, secret
+    key and base URL, for the client's own API calls)."""
+
+    name: str
+    endpoint: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+    langfuse_account: tuple[str, str, str] | None = None
+
+
+def langfuse_headers(public_key: str, secret_key: str) -> dict[str, str]:
+    """The headers Langfuse's own exporter sends to its OTLP endpoint (its documentation
+    for direct exporters; a test compares them with the SDK's, release by release)."""
+    token = base64.b64encode(f"{public_key}:{secret_key}".encode()).decode("ascii")
+    return {
+        "Authorization": f"Basic {token}",
+        "x-langfuse-sdk-name": "python",
+        "x-langfuse-sdk-version": langfuse.__version__,
+        "x-langfuse-public-key": public_key,
+        "x-langfuse-ingestion-version": "4",
+    }
+
+
+def _parse_headers(raw: str | None) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for item in (raw or "").split(","):
+        name, sep, value = item.partition("=")
+        if sep and name.strip():
+            headers[name.strip()] = value.strip()
+    return headers
+
+
+def _valid_url(url: str) -> bool:
+    return url.startswith(("http://", "https://")) and len(url) > len("https://")
+
+
+def resolve_destinations(
+    *,
+    lemma_api_key: str | None = None,
+    lemma_project_id: str | None = None,
+    lemma_url: str | None = None,
+    langfuse_public_key: str | None = None,
+    langfuse_secret_key: str | None = None,
+    langfuse_host: str | None = None,
+    otlp_endpoint: str | None = None,
+    otlp_headers: Mapping[str, str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> tuple[list[Destination], list[str]]:
+    """The destinations configured by arguments or environment, and the problems found."""
+    env = os.environ if environ is None else environ
+    destinations: list[Destination] = []
+    problems: list[str] = []
+
+    public_key = langfuse_public_key or env.get("LANGFUSE_PUBLIC_KEY")
+    secret_key = langfuse_secret_key or env.get("LANGFUSE_SECRET_KEY")
+    host = (
+        langfuse_host
+        or env.get("LANGFUSE_BASE_URL")
+        or env.get("LANGFUSE_HOST")
+        or "https://cloud.langfuse.com"
+    ).rstrip("/")
+    if public_key and secret_key:
+        path = env.get("LANGFUSE_OTEL_TRACES_EXPORT_PATH") or "api/public/otel/v1/traces"
+        if _valid_url(host):
+            destinations.append(
+                Destination(
+                    "langfuse",
+                    f"{host}/{path.lstrip('/')}",
+                    langfuse_headers(public_key, secret_key),
+                    (public_key, secret_key, host),
+                )
+            )
+        else:
+            problems.append(f"LANGFUSE_HOST {host!r} is not an http(s) URL")
+    elif public_key or secret_key:
+        missing = "LANGFUSE_SECRET_KEY" if public_key else "LANGFUSE_PUBLIC_KEY"
+        problems.append(f"Langfuse key pair incomplete: {missing} is not set")
+
+    api_key = lemma_api_key or env.get("LEMMA_API_KEY")
+    project_id = lemma_project_id or env.get("LEMMA_PROJECT_ID")
+    url = lemma_url or env.get("LEMMA_BASE_URL") or LEMMA_DEFAULT_URL
+    if api_key and project_id:
+        try:
+            project_id = str(uuid.UUID(project_id.strip()))
+        except ValueError:
+            problems.append(
+                f"LEMMA_PROJECT_ID {project_id!r} is not a UUID (Lemma answers 400); "
+                "Lemma export is off"
+            )
+        else:
+            if _valid_url(url):
+                destinations.append(
+                    Destination(
+                        "lemma",
+                        url,
+                        {"Authorization": f"Bearer {api_key}", "X-Lemma-Project-ID": project_id},
+                    )
+                )
+            else:
+                problems.append(f"LEMMA_BASE_URL {url!r} is not an http(s) URL")
+    elif api_key or project_id:
+        missing = "LEMMA_PROJECT_ID" if api_key else "LEMMA_API_KEY"
+        problems.append(f"Lemma configuration incomplete: {missing} is not set")
+
+    endpoint = otlp_endpoint or env.get("LEMMA_OTLP_ENDPOINT")
+    if endpoint:
+        if _valid_url(endpoint):
+            headers = dict(otlp_headers or _parse_headers(env.get("LEMMA_OTLP_HEADERS")))
+            destinations.append(Destination("otlp", endpoint, headers))
+        else:
+            problems.append(f"LEMMA_OTLP_ENDPOINT {endpoint!r} is not an http(s) URL")
+    return destinations, problems

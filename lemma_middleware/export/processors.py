@@ -1,0 +1,99 @@
+"""The export side's span processors, and the one way the middleware's processors are wired
+onto a tracer provider, for clients the middleware builds and for clients users bring alike.
+
+Order on the provider: :class:`~lemma_middleware.request.scope.ExportedAncestryProcessor`
+first (before Langfuse's own processor, which marks spans without an exported parent as trace
+roots), Langfuse's, then :class:`~lemma_middleware.request.scope.RequestScopeProcessor`, then
+one :class:`DestinationProcessor` per extra destination.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+from langfuse.span_filter import (
+    is_default_export_span,
+    is_genai_span,
+    is_known_llm_instrumentor,
+    is_langfuse_span,
+)
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+
+from lemma_middleware.request.scope import ExportedAncestryProcessor, RequestScopeProcessor
+from lemma_middleware.sdk.client import ShouldExport
+from lemma_middleware.sdk.spans import add_processor_first, detach_client
+
+
+class ExportFilter:
+    """Decides, like the Langfuse span processor, whether a span is exported.
+
+    With Langfuse's default filter, the scope half of the decision (about 40 prefix tests)
+    is made once per instrumentation scope; a span's ``gen_ai.*`` attributes are checked
+    every time."""
+
+    def __init__(self, public_key: str, should_export: ShouldExport | None = None) -> None:
+        self.public_key = public_key
+        self.should_export = should_export or is_default_export_span
+        self.is_default = self.should_export is is_default_export_span
+        """Whether this is Langfuse's default filter (which never exports framework spans)."""
+        self._llm_scopes: dict[str | None, bool] = {}
+
+    def __call__(self, span: ReadableSpan) -> bool:
+        if is_langfuse_span(span):
+            scope = span.instrumentation_scope
+            attributes = scope.attributes if scope is not None else None
+            return attributes is not None and attributes.get("public_key") == self.public_key
+        if self.is_default:
+            scope_name = span.instrumentation_scope.name if span.instrumentation_scope else None
+            known = self._llm_scopes.get(scope_name)
+            if known is None:
+                known = self._llm_scopes[scope_name] = is_known_llm_instrumentor(span)
+            return known or is_genai_span(span)
+        try:
+            return bool(self.should_export(span))
+        except Exception:
+            return False
+
+
+class DestinationProcessor(BatchSpanProcessor):
+    """A batch processor for one extra destination, exporting what Langfuse would."""
+
+    def __init__(self, exporter: SpanExporter, exported: ExportFilter, **kwargs: Any) -> None:
+        super().__init__(exporter, **kwargs)
+        self._exported = exported
+        self.exports_by_langfuse_filter = exported.is_default
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if self._exported(span):
+            super().on_end(span)
+
+
+_wired: weakref.WeakKeyDictionary[TracerProvider, dict[str, tuple[SpanProcessor, ...]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def wire_provider(
+    provider: TracerProvider, exported: ExportFilter, extra: tuple[SpanProcessor, ...] = ()
+) -> None:
+    """Add the middleware's processors for one client to ``provider``, whose Langfuse
+    processor is already there: ancestry first, request scope and ``extra`` after it.
+    Once per provider and public key."""
+    wired = _wired.setdefault(provider, {})
+    if exported.public_key in wired:
+        return
+    added = (ExportedAncestryProcessor(exported), RequestScopeProcessor(exported), *extra)
+    wired[exported.public_key] = added
+    add_processor_first(provider, added[0])
+    for processor in added[1:]:
+        provider.add_span_processor(processor)
+
+
+def unwire_provider(provider: TracerProvider, public_key: str) -> None:
+    """Take one client off ``provider``: its Langfuse processor and the middleware's."""
+    added = _wired.get(provider, {}).pop(public_key, ())
+    detach_client(provider, public_key, added)
+    for processor in added:
+        processor.shutdown()
