@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import difflib
 import inspect
-import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from typing import Any, TypedDict
 from langfuse import Langfuse
 
 from lemma_middleware.core.attributes import metadata_value
+from lemma_middleware.core.environment import variable
 from lemma_middleware.core.identity import HeaderNames, IdentityResolver, header_names
 from lemma_middleware.core.logs import logger
 from lemma_middleware.core.redaction import Redactor
@@ -207,7 +207,7 @@ class TracingOptions:
         trusted_upstreams: Iterable[str] = (),
     ) -> TracingOptions:
         """Validate and compile the options (the README's table documents each)."""
-        env_agent = os.environ.get("LEMMA_AGENT_NAME")
+        env_agent = variable("LEMMA_AGENT_NAME")
         agent: str | Callable[[Any], Any] = agent_name or env_agent or "agent"
         if isinstance(agent, str) and not AGENT_NAME_PATTERN.fullmatch(agent):
             logger.warning(
@@ -260,10 +260,8 @@ class TracingOptions:
             use_auth_user=use_auth_user,
             langfuse=langfuse,
             service_name=service_name or (agent if isinstance(agent, str) else None),
-            environment=valid_environment(
-                environment or os.environ.get("LANGFUSE_TRACING_ENVIRONMENT")
-            ),
-            release=release or os.environ.get("LANGFUSE_RELEASE"),
+            environment=valid_environment(environment or variable("LANGFUSE_TRACING_ENVIRONMENT")),
+            release=release or variable("LANGFUSE_RELEASE"),
             version=version,
             static_metadata=MappingProxyType(
                 {str(k): metadata_value(str(k), v) for k, v in (metadata or {}).items()}

@@ -1,6 +1,7 @@
-"""Where traces go: a Langfuse client wired to Lemma, Langfuse, both, or any OTLP endpoint.
+"""Where traces go: Lemma, Langfuse, both, or any OTLP endpoint.
 
-:func:`build_client` reads the environment users already have (or explicit arguments):
+:func:`resolve_destinations` reads the environment users already have (or explicit
+arguments):
 
 * Lemma: ``LEMMA_API_KEY`` + ``LEMMA_PROJECT_ID`` (a UUID), ``LEMMA_BASE_URL`` (the full
   OTLP traces URL, default ``https://api.uselemma.ai/otel/v1/traces``);
@@ -10,7 +11,7 @@
   ``LEMMA_OTLP_HEADERS`` (``name=value,name=value``).
 
 Every configured destination gets every trace, each through its own background batch
-processor and its own :class:`~lemma_middleware.delivery.DeliveryExporter` (retries with
+processor and its own :class:`~lemma_middleware.delivery.exporter.DeliveryExporter` (retries with
 backoff from a bounded backlog, failures counted and logged, exit bounded by
 ``flush_timeout``), so a slow or down destination never delays another (nor the request).
 Without a Langfuse key pair the client is still given a working setup (the Langfuse
@@ -21,14 +22,17 @@ that destination is left out.
 from __future__ import annotations
 
 import base64
-import os
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import langfuse
 
+from lemma_middleware.core.environment import variable
+
 LEMMA_DEFAULT_URL = "https://api.uselemma.ai/otel/v1/traces"
+LANGFUSE_DEFAULT_URL = "https://cloud.langfuse.com"
+LANGFUSE_TRACES_PATH = "api/public/otel/v1/traces"
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,9 @@ class Destination:
     endpoint: str
     headers: Mapping[str, str] = field(default_factory=dict)
     langfuse_account: tuple[str, str, str] | None = None
+
+    def __hash__(self) -> int:  # the headers are a dict: hashed by their items
+        return hash((self.name, self.endpoint, tuple(sorted(self.headers.items()))))
 
 
 def langfuse_headers(public_key: str, secret_key: str) -> dict[str, str]:
@@ -82,66 +89,89 @@ def resolve_destinations(
     environ: Mapping[str, str] | None = None,
 ) -> tuple[list[Destination], list[str]]:
     """The destinations configured by arguments or environment, and the problems found."""
-    env = os.environ if environ is None else environ
-    destinations: list[Destination] = []
+
+    def env(name: str) -> str | None:
+        return variable(name, environ)
+
     problems: list[str] = []
+    found = (
+        _langfuse(
+            langfuse_public_key or env("LANGFUSE_PUBLIC_KEY"),
+            langfuse_secret_key or env("LANGFUSE_SECRET_KEY"),
+            langfuse_host or env("LANGFUSE_BASE_URL") or env("LANGFUSE_HOST"),
+            env("LANGFUSE_OTEL_TRACES_EXPORT_PATH"),
+            problems,
+        ),
+        _lemma(
+            lemma_api_key or env("LEMMA_API_KEY"),
+            lemma_project_id or env("LEMMA_PROJECT_ID"),
+            lemma_url or env("LEMMA_BASE_URL"),
+            problems,
+        ),
+        _otlp(
+            otlp_endpoint or env("LEMMA_OTLP_ENDPOINT"),
+            otlp_headers or _parse_headers(env("LEMMA_OTLP_HEADERS")),
+            problems,
+        ),
+    )
+    return [destination for destination in found if destination is not None], problems
 
-    public_key = langfuse_public_key or env.get("LANGFUSE_PUBLIC_KEY")
-    secret_key = langfuse_secret_key or env.get("LANGFUSE_SECRET_KEY")
-    host = (
-        langfuse_host
-        or env.get("LANGFUSE_BASE_URL")
-        or env.get("LANGFUSE_HOST")
-        or "https://cloud.langfuse.com"
-    ).rstrip("/")
-    if public_key and secret_key:
-        path = env.get("LANGFUSE_OTEL_TRACES_EXPORT_PATH") or "api/public/otel/v1/traces"
-        if _valid_url(host):
-            destinations.append(
-                Destination(
-                    "langfuse",
-                    f"{host}/{path.lstrip('/')}",
-                    langfuse_headers(public_key, secret_key),
-                    (public_key, secret_key, host),
-                )
-            )
-        else:
-            problems.append(f"LANGFUSE_HOST {host!r} is not an http(s) URL")
-    elif public_key or secret_key:
-        missing = "LANGFUSE_SECRET_KEY" if public_key else "LANGFUSE_PUBLIC_KEY"
-        problems.append(f"Langfuse key pair incomplete: {missing} is not set")
 
-    api_key = lemma_api_key or env.get("LEMMA_API_KEY")
-    project_id = lemma_project_id or env.get("LEMMA_PROJECT_ID")
-    url = lemma_url or env.get("LEMMA_BASE_URL") or LEMMA_DEFAULT_URL
-    if api_key and project_id:
-        try:
-            project_id = str(uuid.UUID(project_id.strip()))
-        except ValueError:
-            problems.append(
-                f"LEMMA_PROJECT_ID {project_id!r} is not a UUID (Lemma answers 400); "
-                "Lemma export is off"
-            )
-        else:
-            if _valid_url(url):
-                destinations.append(
-                    Destination(
-                        "lemma",
-                        url,
-                        {"Authorization": f"Bearer {api_key}", "X-Lemma-Project-ID": project_id},
-                    )
-                )
-            else:
-                problems.append(f"LEMMA_BASE_URL {url!r} is not an http(s) URL")
-    elif api_key or project_id:
-        missing = "LEMMA_PROJECT_ID" if api_key else "LEMMA_API_KEY"
-        problems.append(f"Lemma configuration incomplete: {missing} is not set")
+def _langfuse(
+    public_key: str | None,
+    secret_key: str | None,
+    host: str | None,
+    path: str | None,
+    problems: list[str],
+) -> Destination | None:
+    if not (public_key and secret_key):
+        if public_key or secret_key:
+            missing = "LANGFUSE_SECRET_KEY" if public_key else "LANGFUSE_PUBLIC_KEY"
+            problems.append(f"Langfuse key pair incomplete: {missing} is not set")
+        return None
+    host = (host or LANGFUSE_DEFAULT_URL).rstrip("/")
+    if not _valid_url(host):
+        problems.append(f"LANGFUSE_HOST {host!r} is not an http(s) URL")
+        return None
+    path = path or LANGFUSE_TRACES_PATH
+    return Destination(
+        "langfuse",
+        f"{host}/{path.lstrip('/')}",
+        langfuse_headers(public_key, secret_key),
+        (public_key, secret_key, host),
+    )
 
-    endpoint = otlp_endpoint or env.get("LEMMA_OTLP_ENDPOINT")
-    if endpoint:
-        if _valid_url(endpoint):
-            headers = dict(otlp_headers or _parse_headers(env.get("LEMMA_OTLP_HEADERS")))
-            destinations.append(Destination("otlp", endpoint, headers))
-        else:
-            problems.append(f"LEMMA_OTLP_ENDPOINT {endpoint!r} is not an http(s) URL")
-    return destinations, problems
+
+def _lemma(
+    api_key: str | None, project_id: str | None, url: str | None, problems: list[str]
+) -> Destination | None:
+    if not (api_key and project_id):
+        if api_key or project_id:
+            missing = "LEMMA_PROJECT_ID" if api_key else "LEMMA_API_KEY"
+            problems.append(f"Lemma configuration incomplete: {missing} is not set")
+        return None
+    try:
+        project_id = str(uuid.UUID(project_id.strip()))
+    except ValueError:
+        problems.append(
+            f"LEMMA_PROJECT_ID {project_id!r} is not a UUID (Lemma answers 400); "
+            "Lemma export is off"
+        )
+        return None
+    url = url or LEMMA_DEFAULT_URL
+    if not _valid_url(url):
+        problems.append(f"LEMMA_BASE_URL {url!r} is not an http(s) URL")
+        return None
+    headers = {"Authorization": f"Bearer {api_key}", "X-Lemma-Project-ID": project_id}
+    return Destination("lemma", url, headers)
+
+
+def _otlp(
+    endpoint: str | None, headers: Mapping[str, str], problems: list[str]
+) -> Destination | None:
+    if not endpoint:
+        return None
+    if not _valid_url(endpoint):
+        problems.append(f"LEMMA_OTLP_ENDPOINT {endpoint!r} is not an http(s) URL")
+        return None
+    return Destination("otlp", endpoint, dict(headers))

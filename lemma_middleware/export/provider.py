@@ -19,7 +19,6 @@ A provider the user created is never this class and is left alone.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -31,6 +30,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.trace import Link, NonRecordingSpan, Span, SpanContext, SpanKind, Tracer
 
+from lemma_middleware.core.environment import variable
 from lemma_middleware.core.logs import logger
 from lemma_middleware.sdk.telemetry import (
     exports_framework_spans,
@@ -211,7 +211,7 @@ def provider_for(
         )
         return current
     attributes: dict[str, Any] = {}
-    if service_name and not os.environ.get("OTEL_SERVICE_NAME"):
+    if service_name and not variable("OTEL_SERVICE_NAME"):
         attributes["service.name"] = service_name
     if release:
         attributes["service.version"] = release

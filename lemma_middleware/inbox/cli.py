@@ -17,11 +17,11 @@ import contextlib
 import dataclasses
 import datetime
 import json
-import os
 import signal
 import sys
 from collections.abc import Sequence
 
+from lemma_middleware.core.environment import variable
 from lemma_middleware.inbox.store import (
     DEFAULT_PORT,
     Inbox,
@@ -41,8 +41,12 @@ def _keys(pairs: Sequence[str]) -> dict[str, str]:
         if not sep:
             raise SystemExit(f"--key takes PUBLIC:SECRET, got {pair!r}")
         keys[public] = secret
-    if not keys and os.environ.get("LANGFUSE_PUBLIC_KEY") and os.environ.get("LANGFUSE_SECRET_KEY"):
-        keys[os.environ["LANGFUSE_PUBLIC_KEY"]] = os.environ["LANGFUSE_SECRET_KEY"]
+    langfuse_public, langfuse_secret = (
+        variable("LANGFUSE_PUBLIC_KEY"),
+        variable("LANGFUSE_SECRET_KEY"),
+    )
+    if not keys and langfuse_public and langfuse_secret:
+        keys[langfuse_public] = langfuse_secret
     return keys
 
 

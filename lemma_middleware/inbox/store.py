@@ -8,7 +8,6 @@ middleware exports lands here; nothing leaves the machine.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import threading
 import time
@@ -17,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lemma_middleware.core.environment import variable
 from lemma_middleware.inbox.receiver import OTLPReceiver
 from lemma_middleware.inbox.web import view_routes
 from lemma_middleware.testing.contract import group_by_trace, roots_of
@@ -29,10 +29,10 @@ def default_db() -> Path:
     """Where the inbox and its views keep traces, whatever the working directory:
     ``LEMMA_INBOX_DB``, else ``$XDG_DATA_HOME/lemma-middleware/inbox.sqlite3`` (by default
     ``~/.local/share/lemma-middleware/inbox.sqlite3``). The folder is created."""
-    configured = os.environ.get("LEMMA_INBOX_DB")
+    configured = variable("LEMMA_INBOX_DB")
     if configured:
         return Path(configured)
-    data = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    data = Path(variable("XDG_DATA_HOME") or Path.home() / ".local" / "share")
     folder = data / "lemma-middleware"
     folder.mkdir(parents=True, exist_ok=True)
     return folder / "inbox.sqlite3"
