@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lemma_middleware.adapters.tracing import Tracing
-from lemma_middleware.core.logs import logger, report_untraced
+from lemma_middleware.core.logs import UNTRACED, contained, logger
 from lemma_middleware.core.options import OptionError, Options
 from lemma_middleware.core.recording import UNREAD_BODY_WAIT, Exchange, RequestInfo
 from lemma_middleware.request.trace import RequestTrace
@@ -84,13 +84,11 @@ class LemmaMiddleware:
         if self.tracing is None:
             return
         loop = asyncio.get_running_loop()
-        try:
+        with contained("the flush at shutdown", "what is not delivered stays in the backlog"):
             await asyncio.wait_for(
                 loop.run_in_executor(None, self.tracing.flush),
                 self.tracing.options.flush_timeout + 1.0,
             )
-        except Exception as error:
-            logger.warning("lemma_middleware: flush at shutdown did not finish: %r", error)
 
 
 def _header_map(raw_headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
@@ -120,7 +118,8 @@ class TracedExchange(Exchange):
 
     async def _start(self, tracing: Tracing) -> RequestTrace | None:
         scope = self.scope
-        try:
+        request = None
+        with contained("reading the request", UNTRACED):
             query = scope.get("query_string", b"")
             request = RequestInfo(
                 method=scope["method"],
@@ -131,8 +130,7 @@ class TracedExchange(Exchange):
                 auth_user=lambda: scope.get("user"),
                 client=(scope.get("client") or (None,))[0],
             )
-        except Exception as problem:
-            report_untraced(problem)
+        if request is None:
             return None
         if tracing.awaits_callables:
             return await tracing.start_async(request)

@@ -19,7 +19,13 @@ from typing import Any
 from asgiref.sync import async_to_sync, sync_to_async
 from langfuse import Langfuse
 
-from lemma_middleware.core.logs import call_guarded, logger, report_callback_error, report_untraced
+from lemma_middleware.core.logs import (
+    UNTRACED,
+    call_guarded,
+    contained,
+    logger,
+    report_callback_error,
+)
 from lemma_middleware.core.options import TracingOptions, compile_options, valid_environment
 from lemma_middleware.core.recording import Recorder, RequestInfo
 from lemma_middleware.delivery.deadline import deadline
@@ -92,7 +98,7 @@ class Tracing:
     @staticmethod
     def _client(options: TracingOptions) -> tuple[Langfuse | None, ClientAccess]:
         client = options.langfuse
-        try:
+        with contained("setting up export", "tracing is off"):
             if client is None:
                 client = build_client(
                     service_name=options.service_name,
@@ -102,8 +108,6 @@ class Tracing:
                 )
             if client is not None:
                 return client, wire_client(client)
-        except Exception:
-            logger.exception("lemma_middleware: setting up export failed; tracing is off")
         return None, ClientAccess.disabled()
 
     def start(self, request: RequestInfo) -> RequestTrace | None:
@@ -127,13 +131,11 @@ class Tracing:
         return self._start(request, results)
 
     def _start(self, request: RequestInfo, results: dict[str, Any]) -> RequestTrace | None:
-        try:
+        with contained("starting the trace", UNTRACED):
             return RequestTrace(
                 self.setup, request, results.get("identity_resolver"), results.get("agent_name")
             )
-        except Exception as error:
-            report_untraced(error)
-            return None
+        return None
 
     def flush(self) -> None:
         """Export pending traces now, within ``flush_timeout`` (blocking; call off the

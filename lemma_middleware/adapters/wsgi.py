@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextvars
-import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import TracebackType
@@ -12,7 +11,7 @@ from typing import Any, ClassVar, Protocol, Unpack
 from lemma_middleware.adapters.tracing import Tracing
 from lemma_middleware.core.capture import BodyCapture
 from lemma_middleware.core.identity import user_id_from_plain_user
-from lemma_middleware.core.logs import log_once, logger, report_untraced
+from lemma_middleware.core.logs import UNTRACED, contained, logger
 from lemma_middleware.core.options import Options
 from lemma_middleware.core.recording import Exchange, RequestInfo
 from lemma_middleware.request.trace import RequestTrace
@@ -94,12 +93,10 @@ class LemmaWSGIMiddleware:
         path = environ.get("PATH_INFO", "") or "/"
         if not tracing.enabled or tracing.is_excluded(method, path):
             return self.app(environ, start_response)
-        try:
+        exchange = None
+        with contained("starting the trace", UNTRACED):
             exchange = TracedWSGIExchange(tracing, self.framework, environ, method, path)
-        except Exception as problem:
-            report_untraced(problem)
-            return self.app(environ, start_response)
-        if exchange.trace is None:
+        if exchange is None or exchange.trace is None:
             return self.app(environ, start_response)
         return exchange.run(self.app, start_response)
 
@@ -251,7 +248,7 @@ class TracedWSGIExchange(Exchange):
         if wanted and isinstance(stream, TeeInput):
             try:
                 stream.read(wanted)
-            except Exception:
+            except Exception:  # a client gone, a server's stream: record without it
                 logger.debug("lemma_middleware: unread request body not read", exc_info=True)
         trace.finish(self, error)
 
@@ -259,18 +256,11 @@ class TracedWSGIExchange(Exchange):
         def traced_start_response(
             status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
         ) -> Callable[[bytes], object]:
-            try:
+            with contained("reading the response's status", "the response is sent as it is"):
                 self._on_start_response(status, headers)
                 if self.trace is not None and self.trace_id_header is not None:
                     name = self.trace_id_header.decode("latin-1")
                     headers = [*headers, (name, self.trace.trace_id)]
-            except Exception as problem:
-                log_once(
-                    f"wsgi-start-response:{type(problem).__name__}",
-                    logging.ERROR,
-                    "lemma_middleware: %r (logged once)",
-                    problem,
-                )
             if exc_info is not None:
                 return start_response(status, headers, exc_info)
             return start_response(status, headers)

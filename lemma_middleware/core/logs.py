@@ -1,10 +1,21 @@
-"""The package's logger, once-per-process log lines, and guarded calls of user code."""
+"""The package's logger, once-per-process log lines, and the two ways errors are kept away
+from the app.
+
+* An error of the middleware itself: the work that may fail runs in ``with contained(what,
+  consequence):``, like Sentry's ``capture_internal_exceptions``. The exception is logged
+  once per ``what`` and error type, with what it costs, and the request goes on.
+* An error of the user's code (a callable passed as an option): :func:`call_guarded`.
+
+Any other ``except`` in the package handles an expected failure of something outside it
+(the network, a server, an SDK layout probed at start-up) and says what it does instead.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 logger = logging.getLogger("lemma_middleware")
@@ -23,12 +34,15 @@ def announce(message: str) -> None:
         print(message, file=sys.stderr)
 
 
-def log_once(key: str, level: int, message: str, *args: object) -> None:
-    """Log ``message`` the first time ``key`` is seen in this process."""
+def log_once(
+    key: str, level: int, message: str, *args: object, exc_info: BaseException | None = None
+) -> None:
+    """Log ``message`` the first time ``key`` is seen in this process (with the traceback
+    of ``exc_info``, if given)."""
     if key in _logged_once:
         return
     _logged_once.add(key)
-    logger.log(level, message, *args)
+    logger.log(level, message, *args, exc_info=exc_info)
 
 
 def report_callback_error(name: str, error: BaseException) -> None:
@@ -52,13 +66,28 @@ def call_guarded(name: str, function: Callable[..., Any], *args: Any) -> Any:
         return None
 
 
-def report_untraced(error: BaseException) -> None:
-    """Log that a request is served untraced because its trace could not start (once per
-    error type)."""
-    log_once(
-        f"start:{type(error).__name__}",
-        logging.ERROR,
-        "lemma_middleware: could not start a trace (%s: %s); request served untraced (logged once)",
-        type(error).__name__,
-        error,
-    )
+UNTRACED = "the request is served untraced"
+"""What it costs when a request's trace cannot start."""
+
+
+@contextlib.contextmanager
+def contained(
+    what: str, consequence: str = "ignored", *, level: int = logging.ERROR
+) -> Iterator[None]:
+    """Run the block; an exception it raises is an internal error: logged once per ``what``
+    and error type (``lemma_middleware: <what> failed (<Type>: <message>); <consequence>``)
+    and not raised. Exceptions that are not errors (``KeyboardInterrupt``, ``SystemExit``,
+    cancellation) go through."""
+    try:
+        yield
+    except Exception as error:
+        log_once(
+            f"{what}:{type(error).__name__}",
+            level,
+            "lemma_middleware: %s failed (%s: %s); %s (logged once)",
+            what,
+            type(error).__name__,
+            error,
+            consequence,
+            exc_info=error,
+        )

@@ -9,7 +9,6 @@ does not depend on the bodies.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +17,7 @@ from langfuse import LangfuseOtelSpanAttributes as Langfuse
 
 from lemma_middleware.core.attributes import METADATA_PREFIX, json_text
 from lemma_middleware.core.capture import BodyCapture, parsed, query_dict, render_body
-from lemma_middleware.core.logs import call_guarded, log_once
+from lemma_middleware.core.logs import call_guarded, contained
 from lemma_middleware.core.options import TracingOptions
 
 
@@ -194,17 +193,8 @@ class Recorder:
         attributes, failure = self.outcome(request, exchange, error)
         if self.bodies_allowed:
             bodies: dict[str, Any] = {}
-            try:
+            with contained("recording input/output", "the trace is recorded without them"):
                 self._bodies(bodies, request, exchange, overrides, error)
-            except Exception as problem:  # the outcome is recorded whatever the bodies hold
-                log_once(
-                    f"bodies:{type(problem).__name__}",
-                    logging.ERROR,
-                    "lemma_middleware: recording input/output failed (%s: %s); the trace is "
-                    "recorded without them (logged once)",
-                    type(problem).__name__,
-                    problem,
-                )
             attributes.update(bodies)
         return attributes, failure
 

@@ -16,7 +16,7 @@ import weakref
 
 from opentelemetry.sdk.trace import TracerProvider
 
-from lemma_middleware.core.logs import logger
+from lemma_middleware.core.logs import contained, logger
 from lemma_middleware.delivery.deadline import DEADLINE
 from lemma_middleware.delivery.exporter import exporters
 
@@ -65,11 +65,10 @@ def _deliver_at_exit() -> None:
     the exit handlers that run after this one have nothing left to wait for."""
     DEADLINE.start_exit(_exit_timeout or DEFAULT_EXIT_TIMEOUT)
     try:
-        for provider in list(_providers):
-            provider.force_flush(int(DEADLINE.remaining(0.0) * 1000))
-        wait_for_backlogs()
-    except Exception:
-        logger.exception("lemma_middleware: flush at exit failed")
+        with contained("the flush at exit", "what is left is dropped"):
+            for provider in list(_providers):
+                provider.force_flush(int(DEADLINE.remaining(0.0) * 1000))
+            wait_for_backlogs()
     finally:
         for exporter in list(exporters):
             exporter.close()

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-from lemma_middleware.core.logs import logger
+from lemma_middleware.core.logs import contained, logger
 from lemma_middleware.delivery.backoff import Backoff
 from lemma_middleware.delivery.deadline import DEADLINE
 from lemma_middleware.delivery.encoding import encode_batch
@@ -88,15 +88,10 @@ class DeliveryExporter(SpanExporter):
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         if not spans:
             return SpanExportResult.SUCCESS
-        try:
+        batch = None
+        with contained(f"{self.name}: encoding a batch", "its spans are dropped"):
             batch = _Batch(encode_batch(spans), len(spans))
-        except Exception as error:
-            logger.error(
-                "lemma_middleware: %s: %d spans could not be encoded and are dropped: %r",
-                self.name,
-                len(spans),
-                error,
-            )
+        if batch is None:
             return SpanExportResult.FAILURE
         with self._changed:
             if self._closed:

@@ -409,7 +409,7 @@ def matches_opentelemetry() -> bool:
         same = same and all(
             b"".join(_encode([span])) == encode_spans([span]).SerializeToString() for span in spans
         )
-    except Exception:
+    except Exception:  # the start-up check itself: a failure is a mismatch
         same = False
     if not same:
         log_once(

@@ -53,7 +53,7 @@ class ExportFilter:
             return known or is_genai_span(span)
         try:
             return bool(self.should_export(span))
-        except Exception:
+        except Exception:  # the user's should_export_span: as Langfuse's processor does
             return False
 
 

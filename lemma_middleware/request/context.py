@@ -7,7 +7,6 @@ functions here read it. Outside a traced request they do nothing.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,7 +14,7 @@ from opentelemetry import context as otel_context
 from opentelemetry.context import Context
 from opentelemetry.trace import SpanContext
 
-from lemma_middleware.core.logs import log_once
+from lemma_middleware.core.logs import contained
 from lemma_middleware.request.trace import ACTIVE_REQUEST, RequestTrace
 
 
@@ -45,15 +44,8 @@ def bind(
     active = current()
     if active is None:
         return
-    try:
+    with contained("bind", "the values are not bound"):
         active.bind(user_id=user_id, thread_id=thread_id, tenant_id=tenant_id, metadata=metadata)
-    except Exception as error:
-        log_once(
-            f"bind:{type(error).__name__}",
-            logging.ERROR,
-            "lemma_middleware: bind failed: %s",
-            error,
-        )
 
 
 def set_input(value: Any) -> None:
@@ -87,13 +79,6 @@ def outgoing_headers() -> dict[str, str]:
     active = current()
     if active is None:
         return {}
-    try:
+    with contained("outgoing_headers", "the call is made without them"):
         return active.outgoing_headers()
-    except Exception as error:
-        log_once(
-            f"outgoing:{type(error).__name__}",
-            logging.ERROR,
-            "lemma_middleware: outgoing_headers failed: %s",
-            error,
-        )
-        return {}
+    return {}

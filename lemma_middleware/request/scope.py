@@ -12,7 +12,7 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import SpanContext, SpanKind
 
-from lemma_middleware.core.logs import log_once, logger
+from lemma_middleware.core.logs import contained, log_once
 from lemma_middleware.request.context import current, current_root_context
 from lemma_middleware.request.trace import ENTERED
 from lemma_middleware.sdk.client import ShouldExport
@@ -61,7 +61,7 @@ class ExportedAncestryProcessor(SpanProcessor):
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         if span.parent is None:
             return
-        try:
+        with contained("the ancestry check", "the span keeps its parent", level=logging.DEBUG):
             nearest = self._nearest_exported(span, parent_context)
             if nearest is None:
                 return
@@ -69,8 +69,6 @@ class ExportedAncestryProcessor(SpanProcessor):
                 self._substitute[span.context.span_id] = nearest
             elif nearest.span_id != span.parent.span_id:
                 reparent(span, nearest)
-        except Exception:  # never break span creation
-            logger.debug("lemma_middleware: ancestry check failed", exc_info=True)
 
     def on_end(self, span: ReadableSpan) -> None:
         context = span.context
@@ -98,12 +96,11 @@ class RequestScopeProcessor(SpanProcessor):
             return
         if span.context.trace_id != active.span_context.trace_id:
             return
-        try:
-            if not self._exported(span):
-                return
-            active.on_child_start(span)
-        except Exception:
-            logger.debug("lemma_middleware: request scope failed", exc_info=True)
+        with contained(
+            "the request scope", "the span lacks the request's keys", level=logging.DEBUG
+        ):
+            if self._exported(span):
+                active.on_child_start(span)
 
     def on_end(self, span: ReadableSpan) -> None:
         return None

@@ -11,7 +11,6 @@ and outcome and ends the root.
 
 from __future__ import annotations
 
-import logging
 import re
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -48,7 +47,7 @@ from lemma_middleware.core.identity import (
     identity_from_mapping,
     user_id_from_auth_user,
 )
-from lemma_middleware.core.logs import call_guarded, log_once
+from lemma_middleware.core.logs import call_guarded, contained
 from lemma_middleware.core.options import TracingOptions
 from lemma_middleware.core.recording import Exchange, Overrides, Recorder, RequestInfo
 from lemma_middleware.sdk.client import StartRoot
@@ -259,21 +258,14 @@ class RequestTrace:
             return
         self._finished = True
         try:
-            self.sync_auth_user()
-            attributes, failure = self.setup.recorder.attributes(
-                self.request, exchange, self.overrides, error or self.handled_error
-            )
-            if failure is not None:
-                self.span.set_status(Status(StatusCode.ERROR, failure))
-            self.span.set_attributes(attributes)
-        except Exception as problem:
-            log_once(
-                f"finish:{type(problem).__name__}",
-                logging.ERROR,
-                "lemma_middleware: recording the trace failed (%s: %s) (logged once)",
-                type(problem).__name__,
-                problem,
-            )
+            with contained("recording the trace", "the root ends without what failed"):
+                self.sync_auth_user()
+                attributes, failure = self.setup.recorder.attributes(
+                    self.request, exchange, self.overrides, error or self.handled_error
+                )
+                if failure is not None:
+                    self.span.set_status(Status(StatusCode.ERROR, failure))
+                self.span.set_attributes(attributes)
         finally:
             self.span.end(end_time=exchange.completed_at)
 
