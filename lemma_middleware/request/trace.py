@@ -52,7 +52,8 @@ from lemma_middleware.core.options import TracingOptions
 from lemma_middleware.core.recording import Exchange, Overrides, Recorder, RequestInfo
 from lemma_middleware.sdk.client import StartRoot
 from lemma_middleware.sdk.clients import CURRENT_PUBLIC_KEY
-from lemma_middleware.sdk.propagation import downstream_context, propagation_context
+from lemma_middleware.sdk.direct_propagation import propagation_context
+from lemma_middleware.sdk.propagation import downstream_context
 
 _RELEASED = Context()
 _TRACEPARENT = re.compile(r"[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}")
