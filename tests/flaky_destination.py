@@ -24,6 +24,8 @@ class FlakyDestination:
         self.delay = 0.0
         """Seconds an ``up`` destination takes before it answers (a slow collector)."""
         self.span_names: list[str] = []
+        self.received: list[tuple[str, Any]] = []
+        """``(path, span)`` for every span received (a ``ReceivedSpan``)."""
         self.attempts = 0
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
@@ -96,6 +98,7 @@ class FlakyDestination:
         spans = decode_export(body, handler.headers.get("Content-Type", ""))
         with self._changed:
             self.span_names.extend(span.name for span in spans)
+            self.received.extend((handler.path, span) for span in spans)
             self._changed.notify_all()
         handler.send_response(200)
         handler.send_header("Content-Length", "0")

@@ -205,7 +205,7 @@ def test_batching_defaults_and_environment(monkeypatch: pytest.MonkeyPatch) -> N
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
     from lemma_middleware import build_client
-    from lemma_middleware.export.client import DEFAULT_FLUSH_AT, DEFAULT_FLUSH_INTERVAL
+    from lemma_middleware.export.settings import DEFAULT_FLUSH_AT, DEFAULT_FLUSH_INTERVAL
 
     def batching(**kwargs: Any) -> tuple[int, float]:
         client = build_client(

@@ -133,13 +133,15 @@ async def test_propagated_attributes_in_the_context_match_propagate_attributes(
 ) -> None:
     """The direct path (context values set by the middleware) and Langfuse's public
     ``propagate_attributes`` give every child the same attributes."""
-    from lemma_middleware.sdk import propagation
+    from lemma_middleware.sdk import direct_propagation
     from lemma_middleware.testing.plugin import TraceCapture
 
-    assert propagation.direct_propagation_works()
+    assert direct_propagation.direct_propagation_works()
     results = []
     for direct in (True, False):
-        monkeypatch.setattr(propagation, "direct_propagation_works", lambda direct=direct: direct)
+        monkeypatch.setattr(
+            direct_propagation, "direct_propagation_works", lambda direct=direct: direct
+        )
         capture = TraceCapture()
         await post(make_app(capture.client), "/children", json={"message": "hi"}, headers=HEADERS)
         results.append((_children_identity(capture), capture.root().attributes))
@@ -158,15 +160,15 @@ async def test_propagated_attributes_in_the_context_match_propagate_attributes(
 async def test_a_renamed_propagation_key_function_falls_back_to_the_public_api(
     captured: Captured, no_internal_errors: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from lemma_middleware.sdk import propagation
+    from lemma_middleware.sdk import direct_propagation
 
-    propagation.direct_propagation_works.cache_clear()
-    monkeypatch.setattr(propagation, "PROPAGATION_KEY_FUNCTION", "_renamed_context_key")
+    direct_propagation.direct_propagation_works.cache_clear()
+    monkeypatch.setattr(direct_propagation, "PROPAGATION_KEY_FUNCTION", "_renamed_context_key")
     try:
-        assert not propagation.direct_propagation_works()
+        assert not direct_propagation.direct_propagation_works()
         await post(make_app(captured.client), "/children", json={"message": "hi"}, headers=HEADERS)
     finally:
-        propagation.direct_propagation_works.cache_clear()
+        direct_propagation.direct_propagation_works.cache_clear()
     spans = captured.spans()
     assert check_traces(spans) == []
     assert {c["session.id"] for c in _children_identity(captured)} == {"conv-42"}
@@ -200,7 +202,7 @@ def _client_with(exporter: Any, **kwargs: Any) -> tuple[Any, TracerProvider, str
             span_exporter=exporter,
             **kwargs,
         )
-        from lemma_middleware.export.client import wire_client
+        from lemma_middleware.export.processors import wire_client
 
         wire_client(client)
     else:
@@ -296,7 +298,7 @@ async def test_roots_started_directly_come_out_as_langfuses_processor_makes_them
 
 
 def test_the_middlewares_clients_start_roots_directly(captured: Captured) -> None:
-    from lemma_middleware.export.client import wire_client
+    from lemma_middleware.export.processors import wire_client
     from lemma_middleware.sdk.root_shortcut import _RootProcessors
 
     access = wire_client(captured.client)
@@ -313,7 +315,7 @@ def test_a_root_in_a_context_with_propagated_attributes_goes_through_langfuses_p
     from langfuse import propagate_attributes
     from opentelemetry import context as otel_context
 
-    from lemma_middleware.export.client import wire_client
+    from lemma_middleware.export.processors import wire_client
     from lemma_middleware.sdk.root_shortcut import _RootProcessors
 
     access = wire_client(captured.client)
@@ -342,7 +344,7 @@ def test_a_langfuse_whose_app_root_bookkeeping_changed_keeps_the_full_path(
     try:
         assert not root_shortcut.root_shortcut_works()
         client, provider, _ = _client_with(InMemorySpanExporter())
-        from lemma_middleware.export.client import wire_client
+        from lemma_middleware.export.processors import wire_client
 
         span = wire_client(client).start_root("agent", Context(), {"n": 1})
         assert not isinstance(span._span_processor, root_shortcut._RootProcessors)
@@ -355,7 +357,7 @@ def test_a_langfuse_whose_app_root_bookkeeping_changed_keeps_the_full_path(
 
 
 def test_a_client_with_its_own_export_filter_keeps_the_full_path() -> None:
-    from lemma_middleware.export.client import wire_client
+    from lemma_middleware.export.processors import wire_client
     from lemma_middleware.sdk.root_shortcut import _RootProcessors
 
     client, provider, _ = _client_with(InMemorySpanExporter(), should_export_span=lambda s: True)
@@ -369,7 +371,7 @@ def test_a_client_with_its_own_export_filter_keeps_the_full_path() -> None:
 def test_a_langfuse_without_the_app_root_bookkeeping_says_so_and_keeps_the_full_path(
     no_internal_errors: Any,
 ) -> None:
-    from lemma_middleware.export.client import wire_client
+    from lemma_middleware.export.processors import wire_client
     from lemma_middleware.sdk.root_shortcut import _RootProcessors
     from lemma_middleware.sdk.spans import langfuse_processor
 

@@ -91,11 +91,14 @@ def test_a_framework_that_detaches_the_trace_inside_the_middleware_is_reported_w
 
 
 @pytest.mark.parametrize("kind", ["lemma", "otlp"])
-def test_a_keyless_client_created_first_is_reported_with_the_fix(kind: str) -> None:
+def test_a_keyless_client_created_first_exports_through_the_middlewares_client(kind: str) -> None:
     """Without Langfuse keys, get_client() at import time gives a disabled client that the
-    app keeps; the tool span made through it is lost, and the middleware says why."""
+    app keeps; the middleware makes it a twin of its own client, so the tool span made
+    through it arrives, in the request's trace, and says so at start-up."""
     with OTLPReceiver(keys={"pk-start": "sk-start"}, bearer="lemma-key") as receiver:
         stderr = run_app(receiver, kind, PLACEMENT="add_middleware", EARLY="1")
-        assert "call get_client() inside your handlers" in stderr, stderr[-2000:]
-        assert receiver.wait_for(lambda spans: len(spans) >= 2, 10)
-    assert "lookup" not in {s.name for s in receiver.spans}  # what the warning is about
+        assert "now export through the middleware's client" in stderr, stderr[-2000:]
+        assert receiver.wait_for(lambda spans: len(spans) >= 3, 10)
+    spans = receiver.spans
+    assert sorted(s.name for s in spans) == ["llm", "lookup", "support-agent"]
+    assert not check_traces(spans), [str(v) for v in check_traces(spans)]

@@ -179,10 +179,10 @@ async def test_ids_near_the_limit_keep_every_key_langfuse_checks(
     """Issue 9, finding 4: an id of 199-200 characters lost its metadata copies, because
     Langfuse checks their JSON form. Checked through Langfuse's own propagate_attributes
     (``direct=False``) too, which drops what does not fit."""
-    from lemma_middleware.sdk import propagation
+    from lemma_middleware.sdk import direct_propagation
     from lemma_middleware.testing.plugin import TraceCapture
 
-    monkeypatch.setattr(propagation, "direct_propagation_works", lambda: direct)
+    monkeypatch.setattr(direct_propagation, "direct_propagation_works", lambda: direct)
     capture = TraceCapture()
     headers = {"x-conversation-id": thread_id, "x-tenant-id": "acme"}
     app = make_app(capture.client, metadata={"note": 'a "quoted" note ' * 15})

@@ -30,10 +30,15 @@ from lemma_middleware.core.options import TracingOptions, compile_options, valid
 from lemma_middleware.core.recording import Recorder, RequestInfo
 from lemma_middleware.delivery.deadline import deadline
 from lemma_middleware.delivery.exit import set_exit_timeout, wait_for_backlogs
-from lemma_middleware.export.client import build_client, wire_client
+from lemma_middleware.export.adoption import keep_clients_as_configured
+from lemma_middleware.export.client import build_client, export_passed_client
+from lemma_middleware.export.processors import wire_client
 from lemma_middleware.export.provider import framework_telemetry_idle
+from lemma_middleware.export.settings import ExportSettings
 from lemma_middleware.request.trace import RequestTrace, TraceSetup
-from lemma_middleware.sdk.client import ClientAccess
+from lemma_middleware.sdk.client import ClientAccess, inspect_client
+
+_UNTRACED: tuple[Langfuse | None, ClientAccess] = (None, ClientAccess.disabled())
 
 
 def _is_async(function: Callable[..., Any]) -> bool:
@@ -99,16 +104,23 @@ class Tracing:
     def _client(options: TracingOptions) -> tuple[Langfuse | None, ClientAccess]:
         client = options.langfuse
         with contained("setting up export", "tracing is off"):
-            if client is None:
+            if client is not None and options.adopt_clients and not inspect_client(client).enabled:
+                client = None  # a client without keys: the middleware's, made its twin
+            if client is None:  # built, and the clients created before it adopted
                 client = build_client(
                     service_name=options.service_name,
                     environment=options.environment,
                     release=options.release,
                     redact_fields=options.redactor.extra_fields,
+                    adopt_clients=options.adopt_clients,
                 )
-            if client is not None:
+                return (client, wire_client(client)) if client is not None else _UNTRACED
+            if not options.adopt_clients:  # the client passed, as Langfuse configured it
+                keep_clients_as_configured(client)
                 return client, wire_client(client)
-        return None, ClientAccess.disabled()
+            settings = ExportSettings.read(redact_fields=options.redactor.extra_fields)
+            return client, export_passed_client(client, settings)
+        return _UNTRACED
 
     def start(self, request: RequestInfo) -> RequestTrace | None:
         """Open the root observation for ``request``; None if that failed (logged once).

@@ -159,6 +159,9 @@ class TracingOptions:
     """Seconds a lifespan shutdown or the process exit may spend delivering traces."""
     propagate_downstream: bool
     trusted_upstreams: tuple[IPv4Network | IPv6Network, ...]
+    adopt_clients: bool
+    """Langfuse clients created before the middleware's, and one passed as ``langfuse=``,
+    get the middleware's export (see :mod:`lemma_middleware.export.adoption`)."""
     """Peers whose W3C baggage identity (and ``traceparent``) the middleware accepts."""
 
     def trusts(self, client: str | None) -> bool:
@@ -205,6 +208,7 @@ class TracingOptions:
         flush_timeout: float = 5.0,
         propagate_downstream: bool = False,
         trusted_upstreams: Iterable[str] = (),
+        adopt_clients: bool = True,
     ) -> TracingOptions:
         """Validate and compile the options (the README's table documents each)."""
         env_agent = variable("LEMMA_AGENT_NAME")
@@ -278,6 +282,7 @@ class TracingOptions:
             flush_timeout=flush_seconds,
             propagate_downstream=bool(propagate_downstream),
             trusted_upstreams=networks,
+            adopt_clients=bool(adopt_clients),
         )
 
 
@@ -311,6 +316,7 @@ class Options(TypedDict, total=False):
     flush_timeout: float
     propagate_downstream: bool
     trusted_upstreams: Iterable[str]
+    adopt_clients: bool
 
 
 OPTION_NAMES: tuple[str, ...] = tuple(inspect.signature(TracingOptions.compile).parameters)

@@ -38,8 +38,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from lemma_middleware.core.logs import contained, logger
 from lemma_middleware.delivery.backoff import Backoff
 from lemma_middleware.delivery.deadline import DEADLINE
-from lemma_middleware.delivery.encoding import encode_batch
-from lemma_middleware.delivery.http import OTLPHTTPSender
+from lemma_middleware.delivery.http import Sender
 from lemma_middleware.delivery.stats import DeliveryStats
 
 DEFAULT_MAX_BACKLOG_BYTES = 32 * 1024 * 1024
@@ -48,7 +47,8 @@ DEFAULT_MAX_BACKLOG_BYTES = 32 * 1024 * 1024
 
 @dataclass(eq=False, slots=True)
 class _Batch:
-    payload: bytes
+    payload: object
+    size: int
     spans: int
     attempts: int = 0
 
@@ -66,12 +66,17 @@ class DeliveryExporter(SpanExporter):
     def __init__(
         self,
         name: str,
-        sender: OTLPHTTPSender,
+        sender: Sender,
         *,
         timeout: float = 5.0,
         max_backlog_bytes: int = DEFAULT_MAX_BACKLOG_BYTES,
+        send_first: bool = False,
     ) -> None:
+        """``send_first``: while nothing waits in the backlog, :meth:`export` sends the batch
+        itself, and only a batch that fails waits for the sender thread (for an exporter
+        the user brought: it behaves as before while it succeeds)."""
         self.name = name
+        self.send_first = send_first
         self.sender = sender
         self.timeout = timeout
         self.max_backlog_bytes = max_backlog_bytes
@@ -90,9 +95,17 @@ class DeliveryExporter(SpanExporter):
             return SpanExportResult.SUCCESS
         batch = None
         with contained(f"{self.name}: encoding a batch", "its spans are dropped"):
-            batch = _Batch(encode_batch(spans), len(spans))
+            payload, size = self.sender.prepare(spans)
+            batch = _Batch(payload, size, len(spans))
         if batch is None:
             return SpanExportResult.FAILURE
+        if self.send_first and not self._backlog and not self._closed:
+            batch.attempts = 1
+            answer = self.sender.send(batch.payload, DEADLINE.cap(self.timeout))
+            if answer.delivered:
+                with self._changed:
+                    self.stats.delivered += batch.spans
+                return SpanExportResult.SUCCESS
         with self._changed:
             if self._closed:
                 self.stats.dropped_at_exit += batch.spans
@@ -163,7 +176,7 @@ class DeliveryExporter(SpanExporter):
     def _queue(self, batch: _Batch) -> bool:
         """Add ``batch`` to the backlog, or count it as dropped if it does not fit (called
         with the lock held)."""
-        size = len(batch.payload)
+        size = batch.size
         if self.stats.backlog_bytes + size > self.max_backlog_bytes:
             self.stats.dropped_backlog_full += batch.spans
             if self.stats.dropped_backlog_full == batch.spans:
@@ -218,7 +231,7 @@ class DeliveryExporter(SpanExporter):
         """``batch`` has left the backlog (called with the lock held)."""
         self._backlog.popleft()
         self.stats.backlog_spans -= batch.spans
-        self.stats.backlog_bytes -= len(batch.payload)
+        self.stats.backlog_bytes -= batch.size
         if delivered:
             self.stats.delivered += batch.spans
             if batch.attempts > 1 or self.stats.down_since is not None:

@@ -1,13 +1,17 @@
-"""One OTLP/HTTP POST of a gzipped protobuf payload, and what its answer means for delivery."""
+"""How a destination is sent a batch: the protocol every sender follows, and the OTLP/HTTP
+POST of a gzipped protobuf payload with what its answer means for delivery."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from email.utils import parsedate_to_datetime
-from typing import NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import requests
+from opentelemetry.sdk.trace import ReadableSpan
+
+from lemma_middleware.delivery.encoding import encode_batch
 
 _USER_AGENT = "lemma-middleware OTLP/HTTP"
 
@@ -20,6 +24,25 @@ class Answer(NamedTuple):
     retry: bool
     detail: str
     retry_after: float | None = None
+
+
+class Sender(Protocol):
+    """What a :class:`~lemma_middleware.delivery.exporter.DeliveryExporter` sends through."""
+
+    endpoint: str
+    """Where it sends (for messages)."""
+
+    def prepare(self, spans: Sequence[ReadableSpan]) -> tuple[Any, int]:
+        """What is kept in the backlog for ``spans``, and its size in bytes (the bound)."""
+        ...
+
+    def send(self, payload: Any, timeout: float) -> Answer:
+        """One delivery attempt of a prepared payload."""
+        ...
+
+    def close(self) -> None:
+        """No more sends."""
+        ...
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -49,6 +72,11 @@ class OTLPHTTPSender:
                 **headers,
             }
         )
+
+    def prepare(self, spans: Sequence[ReadableSpan]) -> tuple[bytes, int]:
+        """The gzipped OTLP protobuf request for ``spans`` (its compressed size counts)."""
+        payload = encode_batch(spans)
+        return payload, len(payload)
 
     def send(self, payload: bytes, timeout: float) -> Answer:
         """One delivery attempt (a stale pooled connection is retried once at once)."""

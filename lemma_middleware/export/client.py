@@ -11,38 +11,30 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import logging
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from langfuse import Langfuse
-from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter
 
-from lemma_middleware.core.environment import positive_number
-from lemma_middleware.core.logs import announce, log_once, logger
-from lemma_middleware.core.redaction import Redactor
+from lemma_middleware.core.logs import announce, logger
 from lemma_middleware.delivery.exit import watch_provider
 from lemma_middleware.delivery.exporter import (
-    DEFAULT_MAX_BACKLOG_BYTES,
     DeliveryExporter,
-    FlushWaitsForDelivery,
 )
-from lemma_middleware.delivery.http import OTLPHTTPSender
+from lemma_middleware.export.adoption import BUILT_KEYS, destination_exporter
+from lemma_middleware.export.adoption import adopt_clients as adopt_earlier_clients
 from lemma_middleware.export.destinations import Destination, resolve_destinations
-from lemma_middleware.export.processors import DestinationProcessor, ExportFilter, wire_provider
+from lemma_middleware.export.processors import (
+    wire_client,
+)
 from lemma_middleware.export.provider import OwnedTracerProvider, provider_for
-from lemma_middleware.sdk.client import ClientAccess, inspect_client
-from lemma_middleware.sdk.clients import keyless_client_created, langfuse_client_exists
-from lemma_middleware.sdk.media_screen import screen_media_pass
-from lemma_middleware.sdk.root_shortcut import shortcut_roots
-
-DEFAULT_FLUSH_AT = 128
-"""Spans per export batch (Langfuse's own default is 512)."""
-DEFAULT_FLUSH_INTERVAL = 1.0
-"""Seconds between exports at most (Langfuse's own default is 5)."""
+from lemma_middleware.export.settings import ExportSettings
+from lemma_middleware.sdk.client import ClientAccess
+from lemma_middleware.sdk.clients import langfuse_client_exists
 
 
 @dataclass(frozen=True)
@@ -57,12 +49,8 @@ class ClientRecipe:
     service_name: str | None
     environment: str | None
     release: str | None
-    timeout: float
-    flush_at: int
-    flush_interval: float
-    backlog_bytes: int
-    redact_fields: frozenset[str] | None
-    """None: no mask."""
+    export: ExportSettings
+    adopt_clients: bool
 
 
 @dataclass
@@ -117,6 +105,7 @@ def build_client(
     flush_at: int | None = None,
     redact_fields: Iterable[str] | None = (),
     max_backlog_bytes: int | None = None,
+    adopt_clients: bool = True,
 ) -> Langfuse | None:
     """A Langfuse client exporting to every configured destination, or None if there is none.
 
@@ -139,6 +128,9 @@ def build_client(
     Delivery: each destination retries batches that failed on a timeout, a connection
     error, 429 or 5xx, from a backlog of at most ``max_backlog_bytes`` compressed bytes
     (``LEMMA_EXPORT_BACKLOG_MB``, else 32 MB); see :mod:`lemma_middleware.delivery`.
+
+    Langfuse clients created before this one (``adopt_clients``) get the same export,
+    batching and mask: see :mod:`lemma_middleware.export.adoption`.
     """
     if _capturing is not None and span_exporter is None and tracer_provider is None:
         return _capturing
@@ -164,16 +156,14 @@ def build_client(
         service_name=service_name,
         environment=environment,
         release=release,
-        timeout=timeout,
-        flush_at=flush_at or positive_number("LANGFUSE_FLUSH_AT", int, DEFAULT_FLUSH_AT),
-        flush_interval=flush_interval
-        or positive_number("LANGFUSE_FLUSH_INTERVAL", float, DEFAULT_FLUSH_INTERVAL),
-        backlog_bytes=max_backlog_bytes
-        or int(
-            positive_number("LEMMA_EXPORT_BACKLOG_MB", float, DEFAULT_MAX_BACKLOG_BYTES / 2**20)
-            * 2**20
+        export=ExportSettings.read(
+            timeout=timeout,
+            flush_at=flush_at,
+            flush_interval=flush_interval,
+            max_backlog_bytes=max_backlog_bytes,
+            redact_fields=redact_fields,
         ),
-        redact_fields=None if redact_fields is None else frozenset(redact_fields),
+        adopt_clients=adopt_clients,
     )
     with _clients_lock:
         client = _clients.get(recipe)
@@ -185,8 +175,8 @@ def build_client(
 def _build(recipe: ClientRecipe) -> Langfuse:
     provider = provider_for(recipe.tracer_provider, recipe.service_name, recipe.release)
     primary = _primary_export(recipe)
-    if recipe.span_exporter is None:
-        _warn_about_earlier_clients(primary, recipe)
+    existed = langfuse_client_exists(primary.public_key)
+    settings = recipe.export
     owned = (
         provider.adding_own_processors()
         if isinstance(provider, OwnedTracerProvider)
@@ -195,39 +185,58 @@ def _build(recipe: ClientRecipe) -> Langfuse:
     with owned:  # the client's processors export by Langfuse's default filter
         client = Langfuse(
             tracer_provider=provider,
-            mask=None if recipe.redact_fields is None else Redactor(recipe.redact_fields).mask,
+            mask=settings.mask(),
             environment=recipe.environment,
             release=recipe.release,
-            timeout=int(recipe.timeout),
-            flush_interval=recipe.flush_interval,
-            flush_at=recipe.flush_at,
+            timeout=int(settings.timeout),
+            flush_interval=settings.flush_interval,
+            flush_at=settings.flush_at,
             **primary.langfuse_arguments,
         )
-        extra = [_exporter(d, recipe) for d in primary.extra]
+        if not existed:  # else created before: adopted below
+            BUILT_KEYS.add(primary.public_key)
+        extra = [destination_exporter(d, settings) for d in primary.extra]
+        delivering = [*primary.delivering, *extra]
+        if recipe.span_exporter is None and recipe.adopt_clients:
+            ours = {primary.public_key: primary.delivering}
+            adopted = adopt_earlier_clients(settings, client, ours)
+            delivering += [e for e in adopted if e not in delivering]
         wire_client(
             client,
             extra,
-            [*primary.delivering, *extra],
-            schedule_delay_millis=recipe.flush_interval * 1000,
-            max_export_batch_size=recipe.flush_at,
-            export_timeout_millis=recipe.timeout * 1000,
+            delivering,
+            schedule_delay_millis=settings.flush_interval * 1000,
+            max_export_batch_size=settings.flush_at,
+            export_timeout_millis=settings.timeout * 1000,
         )
     watch_provider(provider)
     if recipe.span_exporter is None:
         where = ", ".join(f"{d.name} ({d.endpoint})" for d in recipe.destinations)
-        announce(
-            f"lemma_middleware: exporting traces to {where}, in batches of up to "
-            f"{recipe.flush_at} spans at least every {recipe.flush_interval:g} s"
-        )
+        announce(f"lemma_middleware: exporting traces to {where}, {settings.describe()}")
     return client
 
 
-def _exporter(destination: Destination, recipe: ClientRecipe) -> DeliveryExporter:
-    return DeliveryExporter(
-        destination.name,
-        OTLPHTTPSender(destination.endpoint, destination.headers),
-        timeout=recipe.timeout,
-        max_backlog_bytes=recipe.backlog_bytes,
+def export_passed_client(client: Langfuse, settings: ExportSettings) -> ClientAccess:
+    """A client passed as ``langfuse=``: adopted with every other client of the process, and
+    given the destinations the environment configures besides Langfuse (Lemma, OTLP), each
+    through a batch processor of its own."""
+    adopted = adopt_earlier_clients(settings, client)
+    destinations, problems = resolve_destinations()
+    for problem in problems:
+        logger.error("lemma_middleware: misconfiguration: %s", problem)
+    extra = [destination_exporter(d, settings) for d in destinations if not d.langfuse_account]
+    if extra:
+        announce(
+            "lemma_middleware: the Langfuse client passed also exports to "
+            + ", ".join(f"{e.name} ({e.sender.endpoint})" for e in extra)
+        )
+    return wire_client(
+        client,
+        extra,
+        [*adopted, *extra],
+        schedule_delay_millis=settings.flush_interval * 1000,
+        max_export_batch_size=settings.flush_at,
+        export_timeout_millis=settings.timeout * 1000,
     )
 
 
@@ -243,66 +252,12 @@ def _primary_export(recipe: ClientRecipe) -> PrimaryExport:
     if langfuse is not None and langfuse.langfuse_account:
         extra.remove(langfuse)
         key, secret, base_url = langfuse.langfuse_account
-        exporter = _exporter(langfuse, recipe)
+        exporter = destination_exporter(langfuse, recipe.export)
         arguments = {"secret_key": secret, "base_url": base_url, "span_exporter": exporter}
         return PrimaryExport(key, {"public_key": key, **arguments}, extra, [exporter])
     first = extra.pop(0)
     digest = hashlib.sha256(repr(first).encode()).hexdigest()[:12]
     key = recipe.public_key or f"lemma-mw-{first.name}-{digest}"
-    exporter = _exporter(first, recipe)
+    exporter = destination_exporter(first, recipe.export)
     arguments = {"secret_key": "unused", "span_exporter": exporter}
     return PrimaryExport(key, {"public_key": key, **arguments}, extra, [exporter])
-
-
-def _warn_about_earlier_clients(primary: PrimaryExport, recipe: ClientRecipe) -> None:
-    """Langfuse clients created before this one keep their own settings."""
-    if not any(d.langfuse_account for d in recipe.destinations) and keyless_client_created():
-        logger.warning(
-            "lemma_middleware: a Langfuse client was created before the middleware's, with "
-            "no Langfuse keys (get_client() or CallbackHandler() at import time?); it stays "
-            "disabled and nothing recorded through it is exported. With Lemma or OTLP "
-            "destinations only, call get_client() inside your handlers, or create the "
-            "middleware's client first (build_client() at the top of your module)"
-        )
-    if langfuse_client_exists(primary.public_key):
-        logger.warning(
-            "lemma_middleware: a Langfuse client for public key %s was created before the "
-            "middleware's (get_client() or CallbackHandler() at import time?); Langfuse "
-            "keeps the first client's settings, so observations made through it are not "
-            "masked with the middleware's redaction and its export has no retry backlog. "
-            "Create the middleware's client first (build_client() at the top of your "
-            "module) or pass it: LemmaMiddleware(app, langfuse=build_client())",
-            primary.public_key,
-        )
-
-
-def wire_client(
-    client: Langfuse,
-    extra: Sequence[SpanExporter] = (),
-    delivering: Sequence[DeliveryExporter] = (),
-    **batch_options: Any,
-) -> ClientAccess:
-    """Add the middleware's processors to the tracer provider ``client`` really uses (the
-    one path for clients built here and clients users bring): ancestry, request scope, a
-    batch processor (``batch_options``) for each ``extra`` exporter, and last, when the
-    client delivers through ``delivering``, :class:`FlushWaitsForDelivery`."""
-    access = inspect_client(client)
-    if access.provider is None or access.public_key is None:
-        if access.enabled:
-            log_once(
-                "wire-client",
-                logging.WARNING,
-                "lemma_middleware: the Langfuse client's tracer provider is unknown; spans "
-                "under never-exported parents are not re-parented and late identity is not "
-                "propagated",
-            )
-        return access
-    exported = ExportFilter(access.public_key, access.should_export)
-    processors: tuple[SpanProcessor, ...] = tuple(
-        DestinationProcessor(exporter, exported, **batch_options) for exporter in extra
-    )
-    if delivering:
-        processors += (FlushWaitsForDelivery(delivering),)
-    wire_provider(access.provider, exported, processors)
-    screen_media_pass(access.provider, access.public_key)
-    return shortcut_roots(client, access)

@@ -133,12 +133,26 @@ def _langfuse(
     if not _valid_url(host):
         problems.append(f"LANGFUSE_HOST {host!r} is not an http(s) URL")
         return None
+    return langfuse_destination(public_key, secret_key, host, path)
+
+
+def langfuse_destination(
+    public_key: str,
+    secret_key: str,
+    base_url: str,
+    path: str | None = None,
+    extra_headers: Mapping[str, str] | None = None,
+) -> Destination:
+    """The Langfuse project of ``public_key`` at ``base_url``, as Langfuse's own exporter
+    sends to it (``path``: ``LANGFUSE_OTEL_TRACES_EXPORT_PATH``; ``extra_headers``: the
+    client's ``additional_headers``)."""
     path = path or LANGFUSE_TRACES_PATH
+    base_url = base_url.rstrip("/")
     return Destination(
         "langfuse",
-        f"{host}/{path.lstrip('/')}",
-        langfuse_headers(public_key, secret_key),
-        (public_key, secret_key, host),
+        f"{base_url}/{path.lstrip('/')}",
+        langfuse_headers(public_key, secret_key) | dict(extra_headers or {}),
+        (public_key, secret_key, base_url),
     )
 
 

@@ -9,9 +9,12 @@ one :class:`DestinationProcessor` per extra destination.
 
 from __future__ import annotations
 
+import logging
 import weakref
+from collections.abc import Sequence
 from typing import Any
 
+from langfuse import Langfuse
 from langfuse.span_filter import (
     is_default_export_span,
     is_genai_span,
@@ -21,8 +24,12 @@ from langfuse.span_filter import (
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
+from lemma_middleware.core.logs import log_once
+from lemma_middleware.delivery.exporter import DeliveryExporter, FlushWaitsForDelivery
 from lemma_middleware.request.scope import ExportedAncestryProcessor, RequestScopeProcessor
-from lemma_middleware.sdk.client import ShouldExport
+from lemma_middleware.sdk.client import ClientAccess, ShouldExport, inspect_client
+from lemma_middleware.sdk.media_screen import screen_media_pass
+from lemma_middleware.sdk.root_shortcut import shortcut_roots
 from lemma_middleware.sdk.spans import add_processor_first, detach_client
 
 
@@ -97,3 +104,35 @@ def unwire_provider(provider: TracerProvider, public_key: str) -> None:
     detach_client(provider, public_key, added)
     for processor in added:
         processor.shutdown()
+
+
+def wire_client(
+    client: Langfuse,
+    extra: Sequence[SpanExporter] = (),
+    delivering: Sequence[DeliveryExporter] = (),
+    **batch_options: Any,
+) -> ClientAccess:
+    """Add the middleware's processors to the tracer provider ``client`` really uses (the
+    one path for clients built here and clients users bring): ancestry, request scope, a
+    batch processor (``batch_options``) for each ``extra`` exporter, and last, when the
+    client delivers through ``delivering``, :class:`FlushWaitsForDelivery`."""
+    access = inspect_client(client)
+    if access.provider is None or access.public_key is None:
+        if access.enabled:
+            log_once(
+                "wire-client",
+                logging.WARNING,
+                "lemma_middleware: the Langfuse client's tracer provider is unknown; spans "
+                "under never-exported parents are not re-parented and late identity is not "
+                "propagated",
+            )
+        return access
+    exported = ExportFilter(access.public_key, access.should_export)
+    processors: tuple[SpanProcessor, ...] = tuple(
+        DestinationProcessor(exporter, exported, **batch_options) for exporter in extra
+    )
+    if delivering:
+        processors += (FlushWaitsForDelivery(delivering),)
+    wire_provider(access.provider, exported, processors)
+    screen_media_pass(access.provider, access.public_key)
+    return shortcut_roots(client, access)

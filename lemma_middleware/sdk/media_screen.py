@@ -5,7 +5,7 @@ that cannot hold media skip Langfuse's media pass, which would send them unchang
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import cast
 
 from langfuse._client.span_exporter import LangfuseTransformingSpanExporter
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
@@ -13,7 +13,7 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from lemma_middleware.sdk.probe import KeepSpans, report_missing
-from lemma_middleware.sdk.spans import langfuse_processor
+from lemma_middleware.sdk.spans import langfuse_batch
 
 # Every string Langfuse's media pass can change contains one of these (a data URI, or JSON
 # with inline data); a batch without any is exported by it as an identical copy.
@@ -88,21 +88,11 @@ def _media_pass_is_identity(transforming: LangfuseTransformingSpanExporter) -> b
     )
 
 
-def _langfuse_batch(provider: TracerProvider, public_key: str) -> Any:
-    """The batch processor inside the Langfuse processor of ``public_key`` (None if the
-    layout is not the known one)."""
-    processor = langfuse_processor(provider, public_key)
-    if processor is None:
-        return None
-    batch = processor._batch_processor
-    return batch if isinstance(batch._exporter, SpanExporter) else None
-
-
 def langfuse_exporter(provider: TracerProvider, public_key: str) -> SpanExporter | None:
     """What the Langfuse processor of ``public_key`` exports each batch through (for the
     benchmark's export-cost figures)."""
     try:
-        batch = _langfuse_batch(provider, public_key)
+        batch = langfuse_batch(provider, public_key)
     except Exception:
         return None
     return cast(SpanExporter, batch._exporter) if batch is not None else None
@@ -114,7 +104,7 @@ def screen_media_pass(provider: TracerProvider, public_key: str) -> bool:
     safely: a client-level ``mask_otel_spans``, an unknown processor layout, or a media pass
     that changes spans without media."""
     try:
-        batch = _langfuse_batch(provider, public_key)
+        batch = langfuse_batch(provider, public_key)
         transforming = batch._exporter if batch is not None else None
         if batch is not None and not isinstance(transforming, LangfuseTransformingSpanExporter):
             return False  # no media pass at all (or already screened): nothing to skip

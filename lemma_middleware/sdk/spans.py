@@ -10,6 +10,7 @@ from typing import Any, cast
 
 from langfuse._client.span_processor import LangfuseSpanProcessor
 from opentelemetry.sdk.trace import Span, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.trace import SpanContext
 
 from lemma_middleware.sdk.probe import report_missing
@@ -66,6 +67,16 @@ def langfuse_processor(provider: TracerProvider, public_key: str) -> LangfuseSpa
         ):
             return processor
     return None
+
+
+def langfuse_batch(provider: TracerProvider, public_key: str) -> Any:
+    """The batch processor inside the Langfuse processor of ``public_key`` (None if the
+    layout is not the known one)."""
+    processor = langfuse_processor(provider, public_key)
+    if processor is None:
+        return None
+    batch = getattr(processor, "_batch_processor", None)
+    return batch if isinstance(getattr(batch, "_exporter", None), SpanExporter) else None
 
 
 def detach_client(provider: TracerProvider, public_key: str, processors: Sequence[Any]) -> None:
