@@ -2,8 +2,9 @@
 each written as the library's own guide writes it. Run as a process of its own by
 test_llm_stacks.py: ``STACK`` picks the library, ``FRAMEWORK`` the web framework
 (``fastapi``, ``fastapi-no-telemetry``, ``flask``); ``OPENAI_BASE_URL`` points at the fake
-OpenAI server; the destinations come from the environment. It sends the requests of
-``REQUESTS`` (comma-separated paths), flushes and exits."""
+OpenAI server; the destinations come from the environment; ``EARLY=1`` creates a Langfuse
+client with ``get_client()`` first, as a module of the app would at import. It sends the
+requests of ``REQUESTS`` (comma-separated paths), flushes and exits."""
 
 from __future__ import annotations
 
@@ -183,6 +184,10 @@ def flask_app(routes: dict[str, Callable[[str], Any]]) -> Any:
 
 
 def main() -> None:
+    if os.environ.get("EARLY") == "1":
+        from langfuse import get_client
+
+        get_client()  # before the middleware's client, the app's instrumentors and handlers
     instrument()
     routes = handlers()
     paths = os.environ.get("REQUESTS", ",".join(routes)).split(",")
