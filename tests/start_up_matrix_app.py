@@ -10,7 +10,7 @@ test_start_up_matrix.py. ``PATTERN`` says what exists before the middleware's cl
 ``ADAPTER`` is ``asgi`` (FastAPI, ``PLACEMENT`` ``add_middleware`` or ``wrap``) or ``wsgi``
 (Flask: ``LemmaFlask(app)`` or ``app.wsgi_app = LemmaWSGIMiddleware(...)``). Every child's
 input holds a password and an API key; every request also makes a generation. The
-destinations come from the environment.
+destinations come from the environment. ``ADOPT=0`` passes ``adopt_clients=False``.
 """
 
 from __future__ import annotations
@@ -66,6 +66,8 @@ def answer(message: str) -> str:
 
 
 options: dict[str, Any] = {"agent_name": "support-agent", "flush_timeout": 4.0}
+if os.environ.get("ADOPT") == "0":  # the user asks for Langfuse's own behaviour
+    options["adopt_clients"] = False
 if PATTERN == "passed":
     options["langfuse"] = early
 

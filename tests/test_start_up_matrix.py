@@ -147,7 +147,7 @@ class Outcome:
     received: list[tuple[str, Any]]
 
 
-def run_case(pattern: str, kind: str, placement: str, server: str) -> Outcome:
+def run_case(pattern: str, kind: str, placement: str, server: str, **settings: str) -> Outcome:
     destination = FlakyDestination().start()
     try:
         base_url = f"http://127.0.0.1:{destination.port}"
@@ -157,6 +157,7 @@ def run_case(pattern: str, kind: str, placement: str, server: str) -> Outcome:
             "PLACEMENT": placement,
             "ADAPTER": "asgi" if server == "uvicorn" else "wsgi",
             "KIND": kind,
+            **settings,
         }
         sent, exit_seconds, stderr = serve_through_an_outage(destination, env, server)
     finally:
@@ -196,3 +197,13 @@ def test_every_client_gets_the_guarantees_whatever_the_start_up_order(
     for path in expected_paths:
         check_destination(by_path[path], outcome.sent, f"{path}: {stderr}")
     assert outcome.exit_seconds < FLUSH_TIMEOUT + 3.0, stderr
+
+
+def test_adopt_clients_false_keeps_a_passed_client_as_langfuse_configured_it() -> None:
+    """The opt-out does what it says, and says so: the passed client exports through
+    Langfuse's own exporter, unmasked (its settings), with no retry backlog."""
+    outcome = run_case("passed", "langfuse", "add_middleware", "uvicorn", ADOPT="0")
+    assert "adopt_clients=False" in outcome.stderr
+    assert "no retry backlog" in outcome.stderr
+    exported = json.dumps([span.attributes for _, span in outcome.received])
+    assert SECRET_VALUES[0] in exported  # Langfuse's behaviour: no mask was configured
