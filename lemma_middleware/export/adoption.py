@@ -38,6 +38,7 @@ from lemma_middleware.delivery.http import OTLPHTTPSender
 from lemma_middleware.delivery.wrapped import ExporterSender
 from lemma_middleware.export.destinations import Destination, langfuse_destination
 from lemma_middleware.export.processors import wire_client
+from lemma_middleware.export.provider import OwnedTracerProvider, adding_own_processors
 from lemma_middleware.export.settings import ExportSettings
 from lemma_middleware.sdk.client import inspect_client
 from lemma_middleware.sdk.clients import (
@@ -83,6 +84,7 @@ def adopt_clients(
         if target is None or isinstance(target, DeliveryExporter):
             continue  # an unknown layout (logged by the sdk module), or the middleware's own
         exporter = _adopted_exporter(found, target, settings, (ours or {}).get(found.public_key))
+        OwnedTracerProvider.take_over(found.provider)  # before the middleware's processors
         if not replace_export(found.provider, found.public_key, exporter):
             exporters.discard(exporter)
             continue
@@ -103,7 +105,8 @@ def adopt_clients(
             other = Langfuse(
                 public_key=found.public_key, secret_key=found.secret_key, base_url=found.base_url
             )
-            wire_client(other, (), [exporter])
+            with adding_own_processors(found.provider):
+                wire_client(other, (), [exporter])
         watch_provider(found.provider)
         announce(_adoption_line(found, exporter, settings, batched, masked))
     twins = enable_disabled_clients(client) if access.enabled else 0

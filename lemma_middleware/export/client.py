@@ -31,9 +31,12 @@ from lemma_middleware.export.destinations import Destination, resolve_destinatio
 from lemma_middleware.export.processors import (
     wire_client,
 )
-from lemma_middleware.export.provider import OwnedTracerProvider, provider_for
+from lemma_middleware.export.provider import (
+    adding_own_processors,
+    provider_for,
+)
 from lemma_middleware.export.settings import ExportSettings
-from lemma_middleware.sdk.client import ClientAccess
+from lemma_middleware.sdk.client import ClientAccess, inspect_client
 from lemma_middleware.sdk.clients import langfuse_client_exists
 
 
@@ -177,12 +180,7 @@ def _build(recipe: ClientRecipe) -> Langfuse:
     primary = _primary_export(recipe)
     existed = langfuse_client_exists(primary.public_key)
     settings = recipe.export
-    owned = (
-        provider.adding_own_processors()
-        if isinstance(provider, OwnedTracerProvider)
-        else contextlib.nullcontext()
-    )
-    with owned:  # the client's processors export by Langfuse's default filter
+    with adding_own_processors(provider):  # the client's export by Langfuse's default filter
         client = Langfuse(
             tracer_provider=provider,
             mask=settings.mask(),
@@ -230,14 +228,16 @@ def export_passed_client(client: Langfuse, settings: ExportSettings) -> ClientAc
             "lemma_middleware: the Langfuse client passed also exports to "
             + ", ".join(f"{e.name} ({e.sender.endpoint})" for e in extra)
         )
-    return wire_client(
-        client,
-        extra,
-        [*adopted, *extra],
-        schedule_delay_millis=settings.flush_interval * 1000,
-        max_export_batch_size=settings.flush_at,
-        export_timeout_millis=settings.timeout * 1000,
-    )
+    provider = inspect_client(client).provider
+    with adding_own_processors(provider) if provider else contextlib.nullcontext():
+        return wire_client(
+            client,
+            extra,
+            [*adopted, *extra],
+            schedule_delay_millis=settings.flush_interval * 1000,
+            max_export_batch_size=settings.flush_at,
+            export_timeout_millis=settings.timeout * 1000,
+        )
 
 
 def _primary_export(recipe: ClientRecipe) -> PrimaryExport:

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager
-from typing import Any
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from typing import Any, cast
 
 from opentelemetry import trace as otel_trace
 from opentelemetry.context import Context
@@ -67,6 +67,23 @@ class OwnedTracerProvider(TracerProvider):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self._start_owning()
+
+    @classmethod
+    def take_over(cls, provider: TracerProvider) -> bool:
+        """Make ``provider`` one of these if it is a plain SDK provider on which nothing could
+        export framework spans (the one Langfuse creates for the first client when there is
+        none, holding only Langfuse's processors): its framework spans then cost nothing,
+        until a processor that could export them is added. True if it is one now."""
+        if isinstance(provider, cls):
+            return True
+        if type(provider) is not TracerProvider or exports_framework_spans(provider):
+            return False
+        provider.__class__ = cls
+        cls._start_owning(cast(OwnedTracerProvider, provider))
+        return True
+
+    def _start_owning(self) -> None:
         self.records_framework_spans = False
         """True once a processor not known to export by Langfuse's default filter was added."""
         self._adding_own: int | None = None
@@ -195,6 +212,15 @@ class _Yield(AbstractContextManager[Span]):
         return None
 
 
+def adding_own_processors(provider: TracerProvider) -> AbstractContextManager[None]:
+    """Within the block, processors this thread adds to ``provider`` export by Langfuse's
+    default filter (the middleware's own): framework spans stay free on an
+    :class:`OwnedTracerProvider` (any other provider: nothing changes)."""
+    if isinstance(provider, OwnedTracerProvider):
+        return provider.adding_own_processors()
+    return nullcontext()
+
+
 def provider_for(
     tracer_provider: TracerProvider | None, service_name: str | None, release: str | None
 ) -> TracerProvider:
@@ -209,6 +235,7 @@ def provider_for(
             "lemma_middleware: adding the export to the existing global TracerProvider "
             "(its resource, incl. service.name, is kept)"
         )
+        OwnedTracerProvider.take_over(current)
         return current
     attributes: dict[str, Any] = {}
     if service_name and not variable("OTEL_SERVICE_NAME"):
