@@ -210,7 +210,10 @@ def _build(recipe: ClientRecipe) -> Langfuse:
     watch_provider(provider)
     if recipe.span_exporter is None:
         where = ", ".join(f"{d.name} ({d.endpoint})" for d in recipe.destinations)
-        announce(f"lemma_middleware: exporting traces to {where}, {settings.describe()}")
+        announce(
+            f"lemma_middleware: exporting traces to {where}, {settings.describe()}, "
+            f"{settings.describe_delivery()}"
+        )
     return client
 
 

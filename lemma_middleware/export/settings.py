@@ -61,3 +61,8 @@ class ExportSettings:
     def describe(self) -> str:
         """The batching, for start-up lines."""
         return f"in batches of up to {self.flush_at} spans at least every {self.flush_interval:g} s"
+
+    def describe_delivery(self) -> str:
+        """The mask and the backlog, for start-up lines."""
+        mask = "unmasked (redact_fields=None)" if self.redact_fields is None else "masked"
+        return f"{mask}, retry backlog up to {self.backlog_bytes / 2**20:g} MB per destination"
