@@ -18,7 +18,7 @@ from lemma_middleware.inbox.receiver import OTLPReceiver
 from lemma_middleware.testing.contract import check_traces
 from lemma_middleware.testing.records import ReceivedSpan
 
-from .conftest import environ_without_destinations, langfuse_environ
+from .helpers import environ_without_destinations, langfuse_environ
 
 HEADERS = {"x-conversation-id": "conv-42", "x-user-id": "alice", "x-tenant-id": "acme"}
 
@@ -41,7 +41,7 @@ def converse(billing_app: str, start_billing: Any = start_uvicorn, **billing_env
         base["LANGFUSE_FLUSH_INTERVAL"] = "0.2"
         with served(start_billing, billing_app, base | billing_env) as billing:
             front_env = base | {"DOWNSTREAM_URL": f"{billing}/chat"}
-            with served(start_uvicorn, "tests.chain_apps:front", front_env) as front:
+            with served(start_uvicorn, "tests.apps.chain_apps:front", front_env) as front:
                 response = httpx.post(
                     f"{front}/chat", json={"message": "my invoice"}, headers=HEADERS, timeout=20
                 )
@@ -60,7 +60,7 @@ def roots_by_agent(spans: list[ReceivedSpan]) -> dict[str, ReceivedSpan]:
 
 
 def test_a_trusted_upstream_gives_its_thread_and_continues_its_trace() -> None:
-    spans = converse("tests.chain_apps:billing", TRUSTED="127.0.0.1", CONTINUE="1")
+    spans = converse("tests.apps.chain_apps:billing", TRUSTED="127.0.0.1", CONTINUE="1")
     roots = roots_by_agent(spans)
     front, billing = roots["front-agent"], roots["billing-agent"]
     for key, value in (("session.id", "conv-42"), ("user.id", "alice"), ("app.tenant.id", "acme")):
@@ -72,7 +72,7 @@ def test_a_trusted_upstream_gives_its_thread_and_continues_its_trace() -> None:
 
 
 def test_an_untrusted_caller_cannot_pick_the_thread_or_the_trace() -> None:
-    spans = converse("tests.chain_apps:billing", TRUSTED="10.9.9.9/32", CONTINUE="1")
+    spans = converse("tests.apps.chain_apps:billing", TRUSTED="10.9.9.9/32", CONTINUE="1")
     roots = roots_by_agent(spans)
     front, billing = roots["front-agent"], roots["billing-agent"]
     assert "session.id" not in billing.attributes and "user.id" not in billing.attributes
@@ -81,7 +81,7 @@ def test_an_untrusted_caller_cannot_pick_the_thread_or_the_trace() -> None:
 
 
 def test_a_flask_agent_in_the_chain_joins_the_thread_as_a_linked_trace() -> None:
-    spans = converse("tests.chain_apps:billing_flask()", start_gunicorn, TRUSTED="127.0.0.0/8")
+    spans = converse("tests.apps.chain_apps:billing_flask()", start_gunicorn, TRUSTED="127.0.0.0/8")
     roots = roots_by_agent(spans)
     front, billing = roots["front-agent"], roots["billing-agent"]
     assert billing.attributes["session.id"] == "conv-42" == front.attributes["session.id"]

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from lemma_middleware.testing.contract import ContractViolation, assert_conformant, check_traces
 from lemma_middleware.testing.records import ReceivedSpan
 
-from .apps import make_app
-from .conftest import Captured
-from .test_trace_contract import HEADERS, post
-from .wsgi_apps import call, make_flask_app
+from .apps.asgi_apps import make_app
+from .apps.wsgi_apps import call, make_flask_app
+from .helpers import HEADERS, Captured, post, span
 
 GOOD_ROOT = {
     "langfuse.trace.name": "support-agent",
@@ -30,19 +27,6 @@ GOOD_CHILD = {
     "langfuse.trace.name": "support-agent",
     "langfuse.observation.type": "generation",
 }
-
-
-def span(
-    span_id: str,
-    parent: str | None,
-    attributes: dict[str, Any],
-    trace_id: str = "t" * 32,
-    service: str = "front",
-) -> ReceivedSpan:
-    resource = {"service.name": service}
-    return ReceivedSpan(
-        trace_id, span_id, parent, f"span-{span_id}", 0, 1, attributes, resource, "langfuse-sdk", 0
-    )
 
 
 def rules(spans: list[ReceivedSpan]) -> set[str]:

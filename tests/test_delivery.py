@@ -29,8 +29,8 @@ from lemma_middleware.inbox.receiver import OTLPReceiver
 from lemma_middleware.sdk.client import inspect_client
 from lemma_middleware.sdk.spans import langfuse_processor
 
-from .conftest import environ_without_destinations
-from .flaky_destination import FlakyDestination
+from .apps.flaky_destination import FlakyDestination
+from .helpers import environ_without_destinations
 
 
 @pytest.fixture
@@ -224,12 +224,12 @@ def test_server_exit_is_bounded_by_flush_timeout_with_a_hanging_destination(
     destination.mode = "hang"
     port = free_port()
     if server == "uvicorn":
-        command = [sys.executable, "-m", "uvicorn", "tests.exit_apps:asgi_app"]
+        command = [sys.executable, "-m", "uvicorn", "tests.apps.exit_apps:asgi_app"]
         command += ["--port", str(port), "--log-level", "warning"]
     else:
         command = [sys.executable, "-m", "gunicorn", "-w", "2", "-k", "gthread"]
         command += ["--threads", "4", "-b", f"127.0.0.1:{port}", "--graceful-timeout", "60"]
-        command += ["tests.exit_apps:wsgi_app()"]
+        command += ["tests.apps.exit_apps:wsgi_app()"]
     env = environ_without_destinations()
     env |= {
         "LEMMA_OTLP_ENDPOINT": destination.url,

@@ -16,7 +16,7 @@ from examples.demo import free_port, start_gunicorn, start_uvicorn
 from lemma_middleware import resolve_destinations
 from lemma_middleware.inbox.receiver import OTLPReceiver
 
-from .conftest import environ_without_destinations, langfuse_environ
+from .helpers import environ_without_destinations, langfuse_environ
 
 PROJECT_ID = "5b0c7b3e-8f6d-4a43-9d0e-3f1f6f2b9a11"
 

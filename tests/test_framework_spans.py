@@ -21,7 +21,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from lemma_middleware import LemmaMiddleware, build_client
 from lemma_middleware.export.provider import OwnedTracerProvider
 
-from .conftest import assert_tree_whole
+from .helpers import assert_tree_whole
 
 _keys = itertools.count()
 LLM_SCOPE = "opentelemetry.instrumentation.openai"  # a scope Langfuse exports by default

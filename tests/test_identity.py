@@ -11,10 +11,9 @@ from starlette.middleware.authentication import AuthenticationMiddleware
 
 from lemma_middleware import normalise_id
 
-from .agent_steps import agent_steps
-from .apps import make_app
-from .conftest import Captured
-from .test_trace_contract import post
+from .apps.agent_steps import agent_steps
+from .apps.asgi_apps import make_app
+from .helpers import Captured, post
 
 
 class TokenAuth(AuthenticationBackend):

@@ -20,9 +20,8 @@ from lemma_middleware.inbox.cli import main
 from lemma_middleware.inbox.store import Inbox, SpanStore
 from lemma_middleware.testing.records import ReceivedSpan
 
-from .apps import make_app
-from .conftest import Captured
-from .test_trace_contract import post
+from .apps.asgi_apps import make_app
+from .helpers import Captured, post
 
 KEYS = {"pk-inbox": "sk-inbox"}
 AUTH = {"authorization": "Basic " + base64.b64encode(b"pk-inbox:sk-inbox").decode()}
@@ -216,7 +215,7 @@ async def test_threads_show_and_check_commands(
 
 
 def test_check_exits_non_zero_on_violations(db: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from .test_contract_checker import span
+    from .helpers import span
 
     SpanStore(db).add([span("r", None, {})])
     assert main(["--db", str(db), "check"]) == 1

@@ -17,8 +17,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from lemma_middleware import build_client
 from lemma_middleware.inbox.store import Inbox
 
-from .apps import make_app
-from .test_trace_contract import post
+from .apps.asgi_apps import make_app
+from .helpers import post
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 pytestmark = pytest.mark.skipif(

@@ -17,7 +17,7 @@ from lemma_middleware.inbox.receiver import OTLPReceiver
 from lemma_middleware.testing.contract import check_traces
 from lemma_middleware.testing.records import ReceivedSpan
 
-from .conftest import environ_without_destinations, langfuse_environ, run_test_app
+from .helpers import environ_without_destinations, langfuse_environ, run_test_app
 
 pytest.importorskip("openai", reason="the llm extra is not installed")
 
@@ -35,7 +35,7 @@ LLM_TYPES = {"generation", "embedding", "LLM", "EMBEDDING", "llm"}
 
 @pytest.fixture(scope="module")
 def fake_openai() -> Iterator[str]:
-    process, url = start_uvicorn("tests.fake_openai:app", dict(os.environ))
+    process, url = start_uvicorn("tests.apps.fake_openai:app", dict(os.environ))
     try:
         yield f"{url}/v1"
     finally:
@@ -73,7 +73,7 @@ def run_stack(fake_openai: str, stack: str, framework: str, **settings: str) -> 
             "REQUESTS": ",".join(STACKS[stack]),
             **settings,
         }
-        run_test_app("tests.llm_app", env, timeout=120)
+        run_test_app("tests.apps.llm_app", env, timeout=120)
         return receiver.spans
 
 

@@ -8,10 +8,9 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from .apps import make_app
-from .conftest import Captured
-from .test_trace_contract import HEADERS, post
-from .wsgi_apps import call, make_flask_app
+from .apps.asgi_apps import make_app
+from .apps.wsgi_apps import call, make_flask_app
+from .helpers import HEADERS, Captured, post
 
 
 @pytest.fixture

@@ -64,7 +64,7 @@ def _failed_start(command: list[str], env_option: str) -> str:
 
 
 def _uvicorn(lifespan: str) -> list[str]:
-    app = "tests.misconfigured_apps:asgi_app"
+    app = "tests.apps.misconfigured_apps:asgi_app"
     return [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--lifespan", lifespan]
 
 
@@ -96,7 +96,7 @@ def test_uvicorn_without_lifespan_serves_untraced_and_says_why_once(
 
 
 def test_gunicorn_fails_at_start_naming_the_option() -> None:
-    command = [sys.executable, "-m", "gunicorn", "tests.misconfigured_apps:wsgi_app()"]
+    command = [sys.executable, "-m", "gunicorn", "tests.apps.misconfigured_apps:wsgi_app()"]
     assert BAD_OPTIONS[0][1] in _failed_start(command, BAD_OPTIONS[0][0])
 
 

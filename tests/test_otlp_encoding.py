@@ -19,9 +19,8 @@ from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode,
 from lemma_middleware.delivery import otlp
 from lemma_middleware.delivery.encoding import encode_batch
 
-from .apps import make_app
-from .conftest import Captured
-from .test_trace_contract import post
+from .apps.asgi_apps import make_app
+from .helpers import Captured, post
 
 # Everything an attribute value can be in a span handed to an exporter, including what the
 # SDK would have refused (a ReadableSpan can be built directly, e.g. by Langfuse's media

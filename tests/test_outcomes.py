@@ -14,9 +14,8 @@ from starlette.types import Message
 
 from lemma_middleware import LemmaMiddleware
 
-from .apps import make_app
-from .conftest import Captured
-from .test_trace_contract import HEADERS, post
+from .apps.asgi_apps import make_app
+from .helpers import HEADERS, Captured, post
 
 
 async def test_exception_is_recorded_as_error_and_reraised_unchanged(captured: Captured) -> None:

@@ -9,9 +9,8 @@ import httpx
 
 from lemma_middleware import bind, get_trace_id, set_input, set_output
 
-from .apps import make_app
-from .conftest import Captured, assert_tree_whole
-from .test_trace_contract import HEADERS, post
+from .apps.asgi_apps import make_app
+from .helpers import HEADERS, Captured, assert_tree_whole, post
 
 
 async def test_tasks_threadpool_and_observe_are_children_of_the_root(captured: Captured) -> None:

@@ -12,9 +12,8 @@ from lemma_middleware import REDACTED
 from lemma_middleware.core.capture import BodyCapture, render_body
 from lemma_middleware.core.redaction import Redactor
 
-from .apps import make_app
-from .conftest import Captured
-from .test_trace_contract import post
+from .apps.asgi_apps import make_app
+from .helpers import Captured, post
 
 
 def recorded_input(captured: Captured) -> Any:

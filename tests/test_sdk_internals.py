@@ -16,9 +16,8 @@ from lemma_middleware.sdk.client import CLIENT_INTERNALS
 from lemma_middleware.sdk.spans import check_span_internals
 from lemma_middleware.testing.contract import check_traces
 
-from .apps import make_app
-from .conftest import Captured, assert_tree_whole
-from .test_trace_contract import HEADERS, post
+from .apps.asgi_apps import make_app
+from .helpers import HEADERS, Captured, assert_tree_whole, post
 
 _keys = itertools.count()
 

@@ -1,5 +1,5 @@
 """Whatever the start-up order, every Langfuse client of the process gets the middleware's
-guarantees (issue 21). Each case serves tests/start_up_matrix_app.py with a real server,
+guarantees (issue 21). Each case serves tests/apps/start_up_matrix_app.py with a real server,
 sends requests while the destination is up, down (503 for 6 s, longer than Langfuse's own
 exporter retries) and up again, then stops the server: every request's trace arrives at
 every destination, with its child made through the pattern's client and its generation,
@@ -24,8 +24,8 @@ import pytest
 
 from examples.demo import ROOT, free_port, wait_until_up
 
-from .conftest import environ_without_destinations, langfuse_environ
-from .flaky_destination import FlakyDestination
+from .apps.flaky_destination import FlakyDestination
+from .helpers import environ_without_destinations, langfuse_environ
 
 PATTERNS = ("default", "get_client", "callback", "passed", "observe")
 KINDS = ("langfuse", "lemma", "otlp", "langfuse+lemma")
@@ -57,9 +57,9 @@ def destination_environ(kind: str, base_url: str) -> dict[str, str]:
 
 def server_command(server: str, port: int) -> list[str]:
     if server == "uvicorn":
-        return [sys.executable, "-m", "uvicorn", "tests.start_up_matrix_app:app",
+        return [sys.executable, "-m", "uvicorn", "tests.apps.start_up_matrix_app:app",
                 "--port", str(port), "--log-level", "warning"]  # fmt: skip
-    command = [sys.executable, "-m", "gunicorn", "tests.start_up_matrix_app:app",
+    command = [sys.executable, "-m", "gunicorn", "tests.apps.start_up_matrix_app:app",
                "-b", f"127.0.0.1:{port}", "-w", "1", "--log-level", "warning"]  # fmt: skip
     return [*command, "--preload"] if server == "gunicorn --preload" else command
 

@@ -11,7 +11,7 @@ import pytest
 from lemma_middleware.inbox.receiver import OTLPReceiver
 from lemma_middleware.testing.contract import check_traces
 
-from .conftest import environ_without_destinations, langfuse_environ, run_test_app
+from .helpers import environ_without_destinations, langfuse_environ, run_test_app
 
 PROJECT_ID = "5b0c7b3e-8f6d-4a43-9d0e-3f1f6f2b9a11"
 
@@ -48,7 +48,7 @@ def run_app(receiver: OTLPReceiver, kind: str, **settings: str) -> str:
     """Run the app once against ``receiver``; its stderr."""
     env = environ_without_destinations()
     env |= destinations(kind, receiver.base_url) | settings
-    return run_test_app("tests.start_up_app", env, timeout=60)
+    return run_test_app("tests.apps.start_up_app", env, timeout=60)
 
 
 @pytest.mark.parametrize(("placement", "early", "kind"), CASES)

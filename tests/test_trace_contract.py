@@ -12,16 +12,8 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from lemma_middleware import LemmaMiddleware
 
-from .apps import make_app
-from .conftest import Captured, assert_tree_whole
-
-HEADERS = {"x-conversation-id": "conv-42", "x-user-id": "user-7", "x-tenant-id": "acme"}
-
-
-async def post(app: object, path: str, **kwargs: object) -> httpx.Response:
-    transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-        return await client.post(path, **kwargs)  # type: ignore[arg-type]
+from .apps.asgi_apps import make_app
+from .helpers import HEADERS, Captured, assert_tree_whole, post
 
 
 async def test_root_carries_every_contract_field(captured: Captured) -> None:

@@ -12,9 +12,8 @@ from flask import Flask
 
 from lemma_middleware import LemmaMiddleware, LemmaWSGIMiddleware
 
-from .conftest import Captured
-from .test_trace_contract import post
-from .wsgi_apps import call
+from .apps.wsgi_apps import call
+from .helpers import Captured, post
 
 
 def _fastapi(client: Any) -> FastAPI:
@@ -90,7 +89,7 @@ def test_under_uvicorn_both_a_4xx_and_a_crash_record_their_body() -> None:
 
     from examples.demo import start_uvicorn
 
-    process, url = start_uvicorn("tests.unread_app:app", dict(os.environ))
+    process, url = start_uvicorn("tests.apps.unread_app:app", dict(os.environ))
     try:
         with httpx.Client(base_url=url, timeout=10) as http:
             assert http.post("/reject", json={"message": "refund!"}).status_code == 400

@@ -16,10 +16,9 @@ from lemma_middleware.core.capture import BodyCapture, parsed, render_body
 from lemma_middleware.core.identity import MAX_ID_LENGTH
 from lemma_middleware.core.redaction import MAX_DEPTH, REDACTED, TOO_DEEP, Redactor
 
-from .apps import make_app
-from .conftest import Captured
-from .test_trace_contract import post
-from .wsgi_apps import call, make_flask_app
+from .apps.asgi_apps import make_app
+from .apps.wsgi_apps import call, make_flask_app
+from .helpers import Captured, post
 
 SECRET = "s3cr3t-VALUE-xyz"
 REDACTOR = Redactor()

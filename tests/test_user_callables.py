@@ -11,10 +11,9 @@ from starlette.requests import Request
 
 from lemma_middleware import LemmaMiddleware
 
-from .apps import make_app
-from .conftest import Captured
-from .test_trace_contract import post
-from .wsgi_apps import call, make_flask_app
+from .apps.asgi_apps import make_app
+from .apps.wsgi_apps import call, make_flask_app
+from .helpers import Captured, post
 
 
 async def test_async_resolver_and_async_agent_name_are_awaited(captured: Captured) -> None:

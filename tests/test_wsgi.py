@@ -12,8 +12,8 @@ from flask import Flask
 
 from lemma_middleware import REDACTED, LemmaFlask, LemmaWSGIMiddleware, normalise_id
 
-from .conftest import Captured, assert_tree_whole
-from .wsgi_apps import call, make_flask_app
+from .apps.wsgi_apps import call, make_flask_app
+from .helpers import Captured, assert_tree_whole
 
 HEADERS = {"x-conversation-id": "conv-42", "x-user-id": "user-7", "x-tenant-id": "acme"}
 

@@ -29,7 +29,7 @@ asgi_app.add_middleware(LemmaMiddleware, agent_name="agent", **_bad_option())
 
 
 def wsgi_app() -> Flask:
-    """A gunicorn app factory (``tests.misconfigured_apps:wsgi_app()``)."""
+    """A gunicorn app factory (``tests.apps.misconfigured_apps:wsgi_app()``)."""
     app = Flask(__name__)
     app.wsgi_app = LemmaWSGIMiddleware(  # type: ignore[method-assign]
         app.wsgi_app, agent_name="agent", **_bad_option()

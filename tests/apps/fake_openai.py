@@ -1,6 +1,6 @@
 """A local OpenAI-compatible server for the LLM-stack tests: chat completions (JSON and SSE),
 the Responses API (JSON and SSE) and embeddings, deterministic answers, usage counted in
-words. Run it with ``uvicorn tests.fake_openai:app``."""
+words. Run it with ``uvicorn tests.apps.fake_openai:app``."""
 
 from __future__ import annotations
 

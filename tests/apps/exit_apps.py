@@ -25,7 +25,7 @@ asgi_app.add_middleware(LemmaMiddleware, agent_name="agent", flush_timeout=FLUSH
 
 
 def wsgi_app() -> Flask:
-    """A gunicorn app factory (``tests.exit_apps:wsgi_app()``)."""
+    """A gunicorn app factory (``tests.apps.exit_apps:wsgi_app()``)."""
     app = Flask(__name__)
 
     @app.post("/chat")

@@ -57,7 +57,7 @@ billing.add_middleware(LemmaMiddleware, **_downstream_options())
 
 
 def billing_flask() -> Flask:
-    """A gunicorn app factory (``tests.chain_apps:billing_flask()``)."""
+    """A gunicorn app factory (``tests.apps.chain_apps:billing_flask()``)."""
     app = Flask(__name__)
 
     @app.post("/chat")
