@@ -181,3 +181,32 @@ def span_attributes(values: TraceValues, metadata: dict[str, str] | None = None)
     for key, value in (propagated_metadata(values) if metadata is None else metadata).items():
         attributes[METADATA_PREFIX + key] = json_text(value)
     return attributes
+
+
+def _written_key(path: str, kind: str) -> str:
+    """The key ``kind`` (``raw``, ``root_only``) the table writes the value ``path`` under."""
+    row = next(row for row in ATTRIBUTE_TABLE if row.path == path)
+    key = getattr(row, kind)
+    assert isinstance(key, str)
+    return key
+
+
+class Keys:
+    """The keys a reader of exported traces looks up (the contract checker, the inbox):
+    the written ones from :data:`ATTRIBUTE_TABLE` and Langfuse's, never spelt twice."""
+
+    THREAD = Langfuse.TRACE_SESSION_ID
+    LEMMA_THREAD = _written_key("identity.thread_id", "raw")
+    USER = Langfuse.TRACE_USER_ID
+    TENANT = _written_key("identity.tenant_id", "raw")
+    AGENT = Langfuse.TRACE_NAME
+    AGENT_NAME = _written_key("agent_name", "root_only")
+    TRACE_INPUT = "langfuse.trace.input"
+    """The trace's input as Langfuse's ingest reads it (no public SDK name in 5.x)."""
+    TRACE_OUTPUT = "langfuse.trace.output"
+    INPUT = Langfuse.OBSERVATION_INPUT
+    OUTPUT = Langfuse.OBSERVATION_OUTPUT
+    TYPE = Langfuse.OBSERVATION_TYPE
+    LEVEL = Langfuse.OBSERVATION_LEVEL
+    STATUS_MESSAGE = Langfuse.OBSERVATION_STATUS_MESSAGE
+    IS_APP_ROOT = Langfuse.IS_APP_ROOT

@@ -15,7 +15,7 @@ from typing import Any
 
 from langfuse import LangfuseOtelSpanAttributes as Langfuse
 
-from lemma_middleware.core.attributes import METADATA_PREFIX, json_text
+from lemma_middleware.core.attributes import METADATA_PREFIX, Keys, json_text
 from lemma_middleware.core.capture import BodyCapture, parsed, query_dict, render_body
 from lemma_middleware.core.logs import call_guarded, contained
 from lemma_middleware.core.options import TracingOptions
@@ -242,7 +242,7 @@ class Recorder:
         )
         if recorded_input is not None:
             attributes[Langfuse.OBSERVATION_INPUT] = recorded_input
-            attributes["langfuse.trace.input"] = recorded_input
+            attributes[Keys.TRACE_INPUT] = recorded_input
         status = exchange.status
         recorded_output = self.side(
             override=(overrides.has_output, overrides.output),
@@ -254,7 +254,7 @@ class Recorder:
         )
         if recorded_output is not None:
             attributes[Langfuse.OBSERVATION_OUTPUT] = recorded_output
-            attributes["langfuse.trace.output"] = recorded_output
+            attributes[Keys.TRACE_OUTPUT] = recorded_output
 
     @staticmethod
     def outcome(

@@ -22,15 +22,8 @@ import sys
 from collections.abc import Sequence
 
 from lemma_middleware.core.environment import variable
-from lemma_middleware.inbox.store import (
-    DEFAULT_PORT,
-    Inbox,
-    SpanStore,
-    default_db,
-    render_tree,
-    thread_summaries,
-    turns_of,
-)
+from lemma_middleware.inbox.store import DEFAULT_PORT, Inbox, SpanStore, default_db
+from lemma_middleware.inbox.views import render_tree, thread_summaries, turns_of
 from lemma_middleware.testing.contract import check_traces
 
 
@@ -71,7 +64,7 @@ def _inbox(args: argparse.Namespace) -> int:
 def _threads(args: argparse.Namespace) -> int:
     summaries = thread_summaries(SpanStore(args.db).spans())
     if args.json:
-        print(json.dumps([dataclasses.asdict(s) for s in summaries], indent=2))
+        print(json.dumps([s.as_json() for s in summaries], indent=2))
         return 0
     if not summaries:
         print("no threads yet")

@@ -12,14 +12,14 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lemma_middleware.core.environment import variable
 from lemma_middleware.inbox.receiver import OTLPReceiver
+from lemma_middleware.inbox.views import summary_line
 from lemma_middleware.inbox.web import view_routes
-from lemma_middleware.testing.contract import group_by_trace, roots_of
+from lemma_middleware.testing.contract import roots_of
 from lemma_middleware.testing.records import ReceivedSpan
 
 DEFAULT_PORT = 8787
@@ -128,58 +128,6 @@ class SpanStore:
             self._local.connection = None
 
 
-@dataclass
-class ThreadSummary:
-    """One conversation: its turns (traces) and who it belongs to."""
-
-    thread_id: str
-    users: list[str]
-    tenants: list[str]
-    turns: int
-    last_activity_ns: int
-
-
-def thread_summaries(spans: Iterable[ReceivedSpan]) -> list[ThreadSummary]:
-    """Threads, most recently active first (traces without a thread id are left out)."""
-    by_thread: dict[str, list[ReceivedSpan]] = {}
-    for root in roots_of(spans):
-        thread = root.attributes.get("session.id")
-        if thread:
-            by_thread.setdefault(str(thread), []).append(root)
-    summaries = [
-        ThreadSummary(
-            thread_id=thread,
-            users=sorted(
-                {str(r.attributes["user.id"]) for r in roots if r.attributes.get("user.id")}
-            ),
-            tenants=sorted(
-                {
-                    str(r.attributes["app.tenant.id"])
-                    for r in roots
-                    if r.attributes.get("app.tenant.id")
-                }
-            ),
-            turns=len(roots),
-            last_activity_ns=max(r.end_ns for r in roots),
-        )
-        for thread, roots in by_thread.items()
-    ]
-    return sorted(summaries, key=lambda t: t.last_activity_ns, reverse=True)
-
-
-def turns_of(spans: list[ReceivedSpan], thread_or_trace_id: str) -> list[list[ReceivedSpan]]:
-    """The traces of a thread (by thread id), or the one trace with that id; oldest first."""
-    traces = group_by_trace(spans)
-    if thread_or_trace_id in traces:
-        return [traces[thread_or_trace_id]]
-    chosen = [
-        root.trace_id
-        for root in roots_of(spans)
-        if root.attributes.get("session.id") == thread_or_trace_id
-    ]
-    return [traces[trace_id] for trace_id in chosen]
-
-
 class Inbox:
     """The receiver wired to a :class:`SpanStore`, printing a line per arriving trace, with
     the web view (:mod:`lemma_middleware.web`) on the same port."""
@@ -232,53 +180,3 @@ class Inbox:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def _trim(value: Any, width: int) -> str:
-    text = " ".join(str(value).split())
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
-def summary_line(root: ReceivedSpan, batch: list[ReceivedSpan]) -> str:
-    """One line for an arriving trace."""
-    a = root.attributes
-    children = sum(1 for s in batch if s.trace_id == root.trace_id and s is not root)
-    level = a.get("langfuse.observation.level", "DEFAULT")
-    duration_ms = (root.end_ns - root.start_ns) / 1e6
-    return (
-        f"trace {root.trace_id} agent={a.get('langfuse.trace.name')} thread={a.get('session.id')} "
-        f"user={a.get('user.id')} tenant={a.get('app.tenant.id')} level={level} "
-        f"{duration_ms:.1f}ms children={children} input={_trim(a.get('langfuse.trace.input'), 40)}"
-    )
-
-
-def render_tree(spans: list[ReceivedSpan], width: int = 80) -> list[str]:
-    """A trace as indented lines: name, type, level, duration, input and output (trimmed)."""
-    children: dict[str | None, list[ReceivedSpan]] = {}
-    for span in sorted(spans, key=lambda s: s.start_ns):
-        children.setdefault(span.parent_span_id, []).append(span)
-    ids = {s.span_id for s in spans}
-    lines: list[str] = []
-
-    def walk(span: ReceivedSpan, depth: int) -> None:
-        a = span.attributes
-        indent = "  " * depth
-        kind = a.get("langfuse.observation.type", "span")
-        level = a.get("langfuse.observation.level", "DEFAULT")
-        duration = (span.end_ns - span.start_ns) / 1e6
-        lines.append(f"{indent}- {span.name} [{kind}] {level} {duration:.1f}ms")
-        if a.get("langfuse.observation.input") is not None:
-            lines.append(f"{indent}    in : {_trim(a['langfuse.observation.input'], width)}")
-        if a.get("langfuse.observation.output") is not None:
-            lines.append(f"{indent}    out: {_trim(a['langfuse.observation.output'], width)}")
-        if a.get("langfuse.observation.status_message"):
-            lines.append(
-                f"{indent}    status: {_trim(a['langfuse.observation.status_message'], width)}"
-            )
-        for child in children.get(span.span_id, []):
-            walk(child, depth + 1)
-
-    tops = [s for s in spans if s.parent_span_id is None or s.parent_span_id not in ids]
-    for top in sorted(tops, key=lambda s: s.start_ns):
-        walk(top, 0)
-    return lines

@@ -25,6 +25,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from lemma_middleware.core.attributes import Keys
+from lemma_middleware.inbox.views import NO_THREAD, level, thread_of, thread_summaries
 from lemma_middleware.testing.contract import Violation, check_trace, group_by_trace, roots_of
 from lemma_middleware.testing.records import ReceivedSpan
 
@@ -83,10 +85,6 @@ def _when(ns: int) -> str:
     return f"{moment:%Y-%m-%d %H:%M:%S}"
 
 
-def _level(span: ReceivedSpan) -> str:
-    return str(span.attributes.get("langfuse.observation.level", "DEFAULT"))
-
-
 def _violations(spans: list[ReceivedSpan]) -> dict[str, list[Violation]]:
     return {
         trace_id: check_trace(trace_spans)
@@ -96,36 +94,19 @@ def _violations(spans: list[ReceivedSpan]) -> dict[str, list[Violation]]:
 
 def _thread_rows(spans: list[ReceivedSpan], filters: dict[str, str]) -> list[dict[str, Any]]:
     violations = _violations(spans)
-    threads: dict[str, list[ReceivedSpan]] = {}
-    for root in roots_of(spans):
-        a = root.attributes
-        thread = str(a.get("session.id") or "(no thread)")
-        values = {
-            "user": str(a.get("user.id", "")),
-            "tenant": str(a.get("app.tenant.id", "")),
-            "agent": str(a.get("langfuse.trace.name", "")),
+    return [
+        {
+            "thread": summary.thread_id,
+            "users": summary.users,
+            "tenants": summary.tenants,
+            "agents": summary.agents,
+            "turns": summary.turns,
+            "errors": summary.errors,
+            "violations": sum(len(violations.get(r.trace_id, [])) for r in summary.roots),
+            "last": summary.last_activity_ns,
         }
-        if all(not want or values[key] == want for key, want in filters.items()):
-            threads.setdefault(thread, []).append(root)
-    rows = []
-    for thread, roots in threads.items():
-        rows.append(
-            {
-                "thread": thread,
-                "users": sorted({str(r.attributes.get("user.id", "")) for r in roots} - {""}),
-                "tenants": sorted(
-                    {str(r.attributes.get("app.tenant.id", "")) for r in roots} - {""}
-                ),
-                "agents": sorted(
-                    {str(r.attributes.get("langfuse.trace.name", "")) for r in roots} - {""}
-                ),
-                "turns": len(roots),
-                "errors": sum(_level(r) == "ERROR" for r in roots),
-                "violations": sum(len(violations.get(r.trace_id, [])) for r in roots),
-                "last": max(r.end_ns for r in roots),
-            }
-        )
-    return sorted(rows, key=lambda row: row["last"], reverse=True)
+        for summary in thread_summaries(spans, without_thread=NO_THREAD, filters=filters)
+    ]
 
 
 def threads_html(spans: list[ReceivedSpan], filters: dict[str, str]) -> str:
@@ -159,21 +140,19 @@ def threads_html(spans: list[ReceivedSpan], filters: dict[str, str]) -> str:
 def thread_html(spans: list[ReceivedSpan], thread: str) -> str:
     """A thread's page content: its turns, oldest first."""
     traces = group_by_trace(spans)
-    roots = [
-        r for r in roots_of(spans) if str(r.attributes.get("session.id") or "(no thread)") == thread
-    ]
+    roots = [r for r in roots_of(spans) if (thread_of(r) or NO_THREAD) == thread]
     if not roots:
         return f"<h1>Thread {escape(thread)}</h1><p class='muted'>no such thread</p>"
     items = []
     for number, root in enumerate(roots, 1):
         a = root.attributes
         problems = check_trace(traces[root.trace_id])
-        level = _level(root)
-        output = a.get("langfuse.trace.output") or a.get("langfuse.observation.status_message")
+        root_level = level(root)
+        output = a.get(Keys.TRACE_OUTPUT) or a.get(Keys.STATUS_MESSAGE)
         items.append(
             f"<tr><td>{number}</td><td><a class='turn' href='/traces/{root.trace_id}'>"
-            f"{root.trace_id[:12]}…</a></td><td class='{level.lower()}'>{escape(level)}</td>"
-            f"<td class='io'>{_text(a.get('langfuse.trace.input', ''))}</td>"
+            f"{root.trace_id[:12]}…</a></td><td class='{root_level.lower()}'>"
+            f"{escape(root_level)}</td><td class='io'>{_text(a.get(Keys.TRACE_INPUT, ''))}</td>"
             f"<td class='io'>{_text(output or '')}</td>"
             f"<td class='{'error' if problems else ''}'>{len(problems)}</td>"
             f"<td>{_when(root.start_ns)}</td></tr>"
@@ -181,7 +160,7 @@ def thread_html(spans: list[ReceivedSpan], thread: str) -> str:
     first = roots[0].attributes
     who = ", ".join(
         f"{label} {escape(str(first.get(key)))}"
-        for label, key in (("user", "user.id"), ("tenant", "app.tenant.id"))
+        for label, key in (("user", Keys.USER), ("tenant", Keys.TENANT))
         if first.get(key)
     )
     return (
@@ -208,8 +187,8 @@ def trace_html(spans: list[ReceivedSpan], trace_id: str) -> str:
 
     def walk(span: ReceivedSpan, depth: int) -> None:
         a = span.attributes
-        kind = a.get("langfuse.observation.type") or a.get("openinference.span.kind") or "span"
-        level = _level(span)
+        kind = a.get(Keys.TYPE) or a.get("openinference.span.kind") or "span"
+        span_level = level(span)
         left = (span.start_ns - start) / total * 100
         width = (span.end_ns - span.start_ns) / total * 100
         mine = [v for v in problems if f"{span.name!r}" in v.message]
@@ -222,9 +201,9 @@ def trace_html(spans: list[ReceivedSpan], trace_id: str) -> str:
             f"<details class='span'><summary class='row'>"
             f"<span class='name' style='padding-left:{depth * 1.2}em'>{escape(span.name)}</span>"
             f"<span class='muted'>{escape(str(kind))}</span>"
-            f"<span class='{level.lower()}'>{escape(level)}</span>"
+            f"<span class='{span_level.lower()}'>{escape(span_level)}</span>"
             f"<span>{(span.end_ns - span.start_ns) / 1e6:.1f} ms</span>"
-            f"<span class='axis'><span class='bar {escape(level)}' "
+            f"<span class='axis'><span class='bar {escape(span_level)}' "
             f"style='left:{left:.2f}%;width:{width:.2f}%'></span></span></summary>"
             f"{flags}<table>{attributes}</table></details>"
         )
@@ -241,7 +220,7 @@ def trace_html(spans: list[ReceivedSpan], trace_id: str) -> str:
         else "<p class='muted'>conformant</p>"
     )
     root = next((s for s in trace if s.parent_span_id is None), trace[0])
-    thread = root.attributes.get("session.id")
+    thread = thread_of(root)
     back = (
         f"<p>thread <a href='/threads/{quote(str(thread), safe='')}'>{escape(str(thread))}</a></p>"
         if thread

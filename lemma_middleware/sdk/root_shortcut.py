@@ -20,6 +20,7 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerPro
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import format_span_id
 
+from lemma_middleware.core.attributes import Keys
 from lemma_middleware.sdk.client import ClientAccess, StartRoot, client_internal, tracer_start_root
 from lemma_middleware.sdk.probe import KeepSpans, report_missing
 from lemma_middleware.sdk.spans import langfuse_processor
@@ -33,7 +34,7 @@ _NO_ROOT_SHORTCUT = (
 )
 
 
-_IS_APP_ROOT = "langfuse.internal.is_app_root"
+_IS_APP_ROOT = Keys.IS_APP_ROOT
 
 
 def _propagates_nothing(context: Context | None) -> bool:

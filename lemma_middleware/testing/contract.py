@@ -36,6 +36,7 @@ from typing import Any
 
 from opentelemetry.sdk.trace import ReadableSpan
 
+from lemma_middleware.core.attributes import Keys
 from lemma_middleware.core.options import AGENT_NAME_PATTERN
 from lemma_middleware.core.redaction import REDACTED, Redactor
 from lemma_middleware.testing.records import ReceivedSpan
@@ -43,11 +44,11 @@ from lemma_middleware.testing.records import ReceivedSpan
 _CREDENTIAL = re.compile(r"\b(?:Bearer|Basic)\s+[A-Za-z0-9._~+/=-]{8,}|\bsk-[A-Za-z0-9_-]{16,}")
 
 
-_PROPAGATED = ("session.id", "user.id", "langfuse.trace.name")
+_PROPAGATED = (Keys.THREAD, Keys.USER, Keys.AGENT)
 
 
 _TYPE_KEYS = (
-    "langfuse.observation.type",
+    Keys.TYPE,
     "openinference.span.kind",
     "traceloop.span.kind",
     "llm.request.type",
@@ -161,7 +162,7 @@ def check_trace(spans: Sequence[ReceivedSpan], redactor: Redactor | None = None)
     for child in spans:
         if (
             child.parent_span_id is not None
-            and child.attributes.get("langfuse.internal.is_app_root")
+            and child.attributes.get(Keys.IS_APP_ROOT)
             and not _enters_service(child, by_id)
         ):
             fail(
@@ -177,22 +178,22 @@ def check_trace(spans: Sequence[ReceivedSpan], redactor: Redactor | None = None)
 
     root = roots[0]
     a = root.attributes
-    name = a.get("langfuse.trace.name")
-    agent = a.get("gen_ai.agent.name")
+    name = a.get(Keys.AGENT)
+    agent = a.get(Keys.AGENT_NAME)
     if not name or not agent:
         fail("agent-name", "root has no trace name or gen_ai.agent.name")
     elif not AGENT_NAME_PATTERN.fullmatch(str(agent)):
         fail("agent-name", f"agent name {agent!r} is not snake_case, kebab-case or CamelCase")
-    if not (a.get("langfuse.trace.input") or a.get("langfuse.observation.input")):
+    if not (a.get(Keys.TRACE_INPUT) or a.get(Keys.INPUT)):
         fail("input", "root has no input")
-    failed = a.get("langfuse.observation.level") == "ERROR"
-    if failed and not a.get("langfuse.observation.status_message"):
+    failed = a.get(Keys.LEVEL) == "ERROR"
+    if failed and not a.get(Keys.STATUS_MESSAGE):
         fail("output-or-error", "root is an ERROR without a status message")
-    if not failed and not (a.get("langfuse.trace.output") or a.get("langfuse.observation.output")):
+    if not failed and not (a.get(Keys.TRACE_OUTPUT) or a.get(Keys.OUTPUT)):
         fail("output-or-error", "root has neither an output nor an error")
-    if not a.get("session.id") or not a.get("lemma.thread_id"):
+    if not a.get(Keys.THREAD) or not a.get(Keys.LEMMA_THREAD):
         fail("thread", "root has no thread id (session.id and lemma.thread_id)")
-    if not a.get("user.id"):
+    if not a.get(Keys.USER):
         fail("user", "root has no user.id")
     for child in spans:
         if child is root:
@@ -203,7 +204,7 @@ def check_trace(spans: Sequence[ReceivedSpan], redactor: Redactor | None = None)
         for key in _PROPAGATED:
             reference = (
                 a.get(key)
-                if local_root is root or key != "langfuse.trace.name"
+                if local_root is root or key != Keys.AGENT
                 else local_root.attributes.get(key)
             )
             if reference and child.attributes.get(key) != reference:
