@@ -4,6 +4,7 @@ privacy fails closed."""
 from __future__ import annotations
 
 import itertools
+import logging
 from typing import Any
 
 import pytest
@@ -13,7 +14,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from lemma_middleware.sdk.client import CLIENT_INTERNALS
-from lemma_middleware.sdk.spans import check_span_internals
+from lemma_middleware.sdk.spans import check_span_internals, langfuse_processor
 from lemma_middleware.testing.contract import check_traces
 
 from .apps.asgi_apps import make_app
@@ -391,3 +392,56 @@ def test_a_langfuse_without_the_app_root_bookkeeping_says_so_and_keeps_the_full_
     processor._span_export_expectation_by_id = {}
     span.end()
     provider.shutdown()
+
+
+# adopting clients created before the middleware's --------------------------------------------
+
+
+def test_a_client_created_before_is_adopted_through_the_internals_this_version_has(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """What adoption reads and changes in Langfuse's client (its settings, its processor's
+    export target and batching, the mask of every client object of the key) is where
+    this version keeps it: Langfuse's own OTLP export becomes the middleware's delivery to
+    the same endpoint, with the middleware's batching and mask."""
+    from lemma_middleware.delivery.exporter import DeliveryExporter
+    from lemma_middleware.export.adoption import adopt_clients
+    from lemma_middleware.export.settings import ExportSettings
+    from lemma_middleware.sdk.clients import export_target
+
+    key = f"pk-adopt-{next(_keys)}"
+    provider = TracerProvider()
+    early = Langfuse(
+        public_key=key, secret_key="sk", base_url="http://127.0.0.1:9", tracer_provider=provider
+    )
+    later = Langfuse(public_key=key, secret_key="sk", base_url="http://127.0.0.1:9")
+    assert early._mask is None and later._mask is None
+    settings = ExportSettings.read(flush_at=7, flush_interval=0.25)
+    try:
+        with caplog.at_level(logging.INFO, logger="lemma_middleware"):
+            adopt_clients(settings, early)
+        target = export_target(provider, key)
+        assert isinstance(target, DeliveryExporter)
+        assert target.sender.endpoint == "http://127.0.0.1:9/api/public/otel/v1/traces"
+        batch = langfuse_processor(provider, key)._batch_processor  # type: ignore[union-attr]
+        assert (batch._max_export_batch_size, batch._schedule_delay) == (7, 0.25)
+        assert early._mask is not None and later._mask is not None
+        assert early._mask(data={"password": "x"}) == {"password": "[REDACTED]"}
+        assert f"public key {key}, which was created before the middleware's" in caplog.text
+    finally:
+        provider.shutdown()
+
+
+def test_a_client_created_without_keys_becomes_a_twin_of_the_middlewares() -> None:
+    from lemma_middleware.export.adoption import adopt_clients
+    from lemma_middleware.export.settings import ExportSettings
+    from lemma_middleware.testing.plugin import TraceCapture
+
+    keyless = Langfuse(public_key=None, secret_key=None)  # disabled for good by Langfuse
+    capture = TraceCapture()
+    try:
+        adopt_clients(ExportSettings.read(), capture.client)
+        keyless.start_observation(name="through-the-twin").end()
+        assert "through-the-twin" in {s.name for s in capture.spans()}
+    finally:
+        capture.close()
