@@ -17,31 +17,37 @@ import json
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from bench.apps import OTEL_PROVIDERS, make_asgi, make_wsgi
-from bench.run import (
-    ASGI_NAMES,
-    WSGI_NAMES,
+from bench.inprocess import (
     EncodeOnly,
-    Served,
     asgi_caller,
-    e2e_section,
     otlp_exporter_encoding,
     users_langfuse,
     wsgi_caller,
 )
-from bench.traffic import HISTORY, HISTORY_CLEAN, HOSTILE, PLAIN, SHAPES, Shape
+from bench.served import EndToEnd, e2e_section
+from bench.traffic import HISTORY, HISTORY_CLEAN, HOSTILE, SHAPES, Shape
+from bench.variants import LABELS, Variant
 from lemma_middleware import build_client
 from lemma_middleware.core.redaction import Redactor
 from lemma_middleware.delivery.encoding import encode_batch
 from lemma_middleware.export.provider import OwnedTracerProvider
 
-SHAPE_VARIANTS = {"asgi": ("bare", "fastapi-otel", "handwritten", "lemma")}
-SHAPE_VARIANTS["wsgi"] = ("bare", "otel", "handwritten", "lemma")
+SHAPE_VARIANTS = {
+    "asgi": (Variant.BARE, Variant.FASTAPI_OTEL, Variant.HANDWRITTEN, Variant.LEMMA),
+    "wsgi": (Variant.BARE, Variant.OTEL, Variant.HANDWRITTEN, Variant.LEMMA),
+}
+"""The shapes and e2e-history tables' variants by kind of app; in the shapes tables, the
+second is the OpenTelemetry the last column compares the middleware with."""
+
+ShapeCosts = dict[tuple[str, Shape, Variant], float]
+"""Median process CPU per request (µs) by (kind of app, shape, variant)."""
 
 
-def _flusher(variant: str, client: Any) -> Callable[[], None]:
+def _flusher(variant: Variant, client: Any) -> Callable[[], None]:
     if client is not None:
         return client.flush  # type: ignore[no-any-return]
     if variant in ("otel", "fastapi-otel"):
@@ -50,7 +56,7 @@ def _flusher(variant: str, client: Any) -> Callable[[], None]:
     return lambda: None
 
 
-def _variant(kind: str, variant: str, shape: Shape, number: int) -> Callable[[int], float]:
+def _variant(kind: str, variant: Variant, shape: Shape, number: int) -> Callable[[int], float]:
     """A function running ``n`` requests of ``shape`` through ``variant`` and returning the
     process CPU per request in µs, the export of those requests included."""
     key = f"pk-shape-{kind}-{variant}-{number}"
@@ -94,42 +100,42 @@ def requests_for(shape: Shape) -> int:
     return max(20, min(200, 2_000_000 // len(shape.body)))
 
 
-def shapes_section(rounds: int, smoke: bool = False) -> dict[tuple[str, str, str], float]:
+def shapes_section(rounds: int, smoke: bool = False) -> ShapeCosts:
     """Median process CPU per request (µs) by (kind, shape, variant), rounds interleaved."""
-    results: dict[tuple[str, str, str], float] = {}
+    results: ShapeCosts = {}
     number = 0
     for kind, variants in SHAPE_VARIANTS.items():
-        names = ASGI_NAMES if kind == "asgi" else WSGI_NAMES
-        runs: dict[tuple[str, str], Callable[[int], float]] = {}
+        labels = LABELS[kind]
+        runs: dict[tuple[Shape, Variant], Callable[[int], float]] = {}
         for shape in SHAPES:
             for variant in variants:
                 number += 1
-                runs[(shape.name, variant)] = _variant(kind, variant, shape, number)
-        samples: dict[tuple[str, str], list[float]] = {key: [] for key in runs}
+                runs[(shape, variant)] = _variant(kind, variant, shape, number)
+        samples: dict[tuple[Shape, Variant], list[float]] = {key: [] for key in runs}
         for run in runs.values():  # warm up
             run(3)
         for _ in range(rounds):
             for shape in SHAPES:
                 count = 3 if smoke else requests_for(shape)
                 for variant in variants:
-                    samples[(shape.name, variant)].append(runs[(shape.name, variant)](count))
+                    samples[(shape, variant)].append(runs[(shape, variant)](count))
         print(
             f"\n{kind.upper()}, in-process, by request shape: process CPU per request in µs "
             f"(request path + export encoding, no network), medians of {rounds} rounds"
         )
         header = f"{'shape':32} {'bytes':>7}"
         for variant in variants:
-            header += f" {names[variant][:26]:>26}"
+            header += f" {labels[variant][:26]:>26}"
         print(header + f" {'this: overhead / OTel':>22}")
         for shape in SHAPES:
             line = f"{shape.name:32} {len(shape.body):7}"
             for variant in variants:
-                value = statistics.median(samples[(shape.name, variant)])
-                results[(kind, shape.name, variant)] = value
+                value = statistics.median(samples[(shape, variant)])
+                results[(kind, shape, variant)] = value
                 line += f" {value:26.0f}"
-            bare = results[(kind, shape.name, "bare")]
-            otel = results[(kind, shape.name, variants[1])] - bare
-            ours = results[(kind, shape.name, "lemma")] - bare
+            bare = results[(kind, shape, Variant.BARE)]
+            otel = results[(kind, shape, variants[1])] - bare
+            ours = results[(kind, shape, Variant.LEMMA)] - bare
             print(line + f" {ours / otel if otel > 0 else float('nan'):22.2f}")
     return results
 
@@ -184,123 +190,83 @@ def slowest_text(examples: int, size: int = 65_536) -> tuple[str, float]:
     return text, _ns_per_byte(lambda: redactor.redact_text(text), len(text))
 
 
-def redaction_section(examples: int) -> dict[str, float]:
+@dataclass
+class RedactionCost:
+    """ns per byte of the redaction alone, by input."""
+
+    as_text: dict[Shape, float]
+    """On each shape's body as text (the shapes that are not streamed)."""
+    parsed: dict[Shape, float]
+    """On each shape's body as the parsed document."""
+    worst: float
+    """On the slowest text the search found."""
+    plain: float
+    """On a plain text of the same size."""
+    most: float
+    """The highest of these on any input of 1 KB or more (below: the call, not the bytes)."""
+
+
+def redaction_section(examples: int) -> RedactionCost:
     """ns per byte of the redaction on each shape's text (as text and, for JSON, as the
     parsed document), and on the slowest input found."""
     from tests.reference_redaction import ReferenceRedactor
 
     redactor, reference = Redactor(), ReferenceRedactor()
-    rows: list[tuple[str, int, float, float]] = []
-    for shape in SHAPES:
-        if shape.stream:
-            continue
+    bodies = [shape for shape in SHAPES if not shape.stream]
+    sizes: dict[Shape, int] = {}
+    as_text: dict[Shape, float] = {}
+    parsed: dict[Shape, float] = {}
+    before: dict[tuple[Shape, str], float] = {}  # the previous redaction's, by (shape, form)
+    for shape in bodies:
         text = shape.body.decode()
         document = json.loads(text)
-        rows.append(
-            (
-                f"{shape.name}, as text",
-                len(text),
-                _ns_per_byte(lambda t=text: redactor.redact_text(t), len(text)),
-                _ns_per_byte(lambda t=text: reference.redact_text(t), len(text), repeat=1),
-            )
+        sizes[shape] = len(text)
+        as_text[shape] = _ns_per_byte(lambda t=text: redactor.redact_text(t), len(text))
+        before[(shape, "text")] = _ns_per_byte(
+            lambda t=text: reference.redact_text(t), len(text), repeat=1
         )
-        rows.append(
-            (
-                f"{shape.name}, parsed",
-                len(text),
-                _ns_per_byte(lambda d=document: redactor.redact(d), len(text)),
-                _ns_per_byte(lambda d=document: reference.redact(d), len(text), repeat=1),
-            )
+        parsed[shape] = _ns_per_byte(lambda d=document: redactor.redact(d), len(text))
+        before[(shape, "parsed")] = _ns_per_byte(
+            lambda d=document: reference.redact(d), len(text), repeat=1
         )
     worst, _ = slowest_text(examples)
     plain = _plain_text(len(worst))[: len(worst)]
     worst_cost = _ns_per_byte(lambda: redactor.redact_text(worst), len(worst))
     plain_cost = _ns_per_byte(lambda: redactor.redact_text(plain), len(plain))
-    rows.append(
-        (
-            f"slowest found: {worst[:24]!r}... repeated",
-            len(worst),
-            worst_cost,
-            _ns_per_byte(lambda: reference.redact_text(worst), len(worst), repeat=1),
+    worst_before = _ns_per_byte(lambda: reference.redact_text(worst), len(worst), repeat=1)
+    measured = [
+        (sizes[shape], cost) for costs in (as_text, parsed) for shape, cost in costs.items()
+    ]
+    measured += [(len(worst), worst_cost), (len(plain), plain_cost)]
+    rows: list[tuple[str, int, float, float]] = []
+    for shape in bodies:
+        rows.append(
+            (f"{shape.name}, as text", sizes[shape], as_text[shape], before[(shape, "text")])
         )
+        rows.append(
+            (f"{shape.name}, parsed", sizes[shape], parsed[shape], before[(shape, "parsed")])
+        )
+    rows.append(
+        (f"slowest found: {worst[:24]!r}... repeated", len(worst), worst_cost, worst_before)
     )
     rows.append(("plain text of the same size", len(plain), plain_cost, float("nan")))
     print("\nRedaction alone, ns per byte (best of 5; the previous redaction: one run)")
     print(f"{'text':56} {'bytes':>7} {'this':>8} {'previous':>9} {'this, µs':>9}")
-    for name, size, ours, before in rows:
-        print(f"{name:56} {size:7} {ours:8.1f} {before:9.1f} {ours * size / 1000:9.1f}")
+    for name, size, ours, previous in rows:
+        print(f"{name:56} {size:7} {ours:8.1f} {previous:9.1f} {ours * size / 1000:9.1f}")
     print(f"slowest found / plain text of the same size: {worst_cost / plain_cost:.1f}x")
-    return {
-        "history": next(r[2] for r in rows if r[0] == f"{HISTORY.name}, as text"),
-        "hostile": next(r[2] for r in rows if r[0] == f"{HOSTILE.name}, as text"),
-        "worst": worst_cost,
-        "plain": plain_cost,
-        "max": max(r[2] for r in rows if r[1] >= 1024),  # (below: the call, not the bytes)
-    }
+    return RedactionCost(
+        as_text, parsed, worst_cost, plain_cost, max(c for size, c in measured if size >= 1024)
+    )
 
 
 # end to end with the history -------------------------------------------------------------
 
 
-def e2e_history_section(seconds: float, connections: int, rounds: int) -> dict[str, Served]:
+def e2e_history_section(seconds: float, connections: int, rounds: int) -> EndToEnd:
     """The end-to-end variants with the 28 KB history as every request's body."""
-    variants = {"asgi": ("bare", "fastapi-otel", "handwritten", "lemma")}
-    variants["wsgi"] = ("bare", "otel", "handwritten", "lemma")
     bodies = f", every body the {len(HISTORY.body):,}-byte history"
-    return e2e_section(seconds, connections, rounds, variants, HISTORY.body, bodies)
-
-
-def judge_shapes(
-    shapes: dict[tuple[str, str, str], float] | None,
-    redaction: dict[str, float] | None,
-    history: dict[str, Served] | None,
-) -> list[tuple[str, bool, str]]:
-    """Issue 19's targets on this run's figures."""
-    checks: list[tuple[str, bool, str]] = []
-    if shapes:
-
-        def overhead(kind: str, shape: Shape, variant: str) -> float:
-            return shapes[(kind, shape.name, variant)] - shapes[(kind, shape.name, "bare")]
-
-        ours, otel = overhead("wsgi", HISTORY, "lemma"), overhead("wsgi", HISTORY, "otel")
-        total = shapes[("wsgi", HISTORY.name, "lemma")]
-        hand = shapes[("wsgi", HISTORY.name, "handwritten")]
-        hostile = overhead("wsgi", HOSTILE, "lemma")
-        clean = overhead("wsgi", HISTORY_CLEAN, "lemma")
-        plain = overhead("wsgi", PLAIN, "lemma")
-        short = overhead("wsgi", SHAPES[0], "lemma")
-        short_otel = overhead("wsgi", SHAPES[0], "otel")
-        checks += [
-            ("history, WSGI: overhead <= 2x OpenTelemetry's", ours <= 2 * otel,
-             f"{ours:.0f} vs {otel:.0f} us"),
-            ("history, WSGI: total <= 1/2 hand-written's", total <= hand / 2,
-             f"{total:.0f} vs {hand:.0f} us"),
-            ("hostile 64 KB: overhead <= 2.5x clean history's", hostile <= 2.5 * clean,
-             f"{hostile:.0f} vs {clean:.0f} us"),
-            ("hostile 64 KB: overhead <= 1.25x its plain twin's", hostile <= 1.25 * plain,
-             f"{hostile:.0f} vs {plain:.0f} us"),
-            ("short body, WSGI: overhead <= 1.5x OpenTelemetry's", short <= 1.5 * short_otel,
-             f"{short:.0f} vs {short_otel:.0f} us"),
-        ]  # fmt: skip
-    if redaction:
-        checks.append(
-            ("redaction <= 10 ns/byte on every input of 1 KB+", redaction["max"] <= 10,
-             f"max {redaction['max']:.1f}, slowest found {redaction['worst']:.1f} ns/byte")
-        )  # fmt: skip
-    if history:
-        ours_load, native = history["asgi lemma"].load, history["asgi fastapi-otel"].load
-        hand_load = history["asgi handwritten"].load
-        checks += [
-            ("history e2e ASGI: req/s >= 0.75x FastAPI native",
-             ours_load.requests_per_s >= 0.75 * native.requests_per_s,
-             f"{ours_load.requests_per_s:.0f} vs {native.requests_per_s:.0f}"),
-            ("history e2e ASGI: req/s >= 2x hand-written",
-             ours_load.requests_per_s >= 2 * hand_load.requests_per_s,
-             f"{ours_load.requests_per_s:.0f} vs {hand_load.requests_per_s:.0f}"),
-            ("history e2e ASGI: p99 <= FastAPI native's", ours_load.p99_ms <= native.p99_ms,
-             f"{ours_load.p99_ms:.1f} vs {native.p99_ms:.1f} ms"),
-        ]  # fmt: skip
-    return checks
+    return e2e_section(seconds, connections, rounds, SHAPE_VARIANTS, HISTORY.body, bodies)
 
 
 # the per-byte path, layer by layer -----------------------------------------------------

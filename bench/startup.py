@@ -91,16 +91,17 @@ def startup_section(rounds: int, requests: int) -> list[StartUpCost]:
     return costs
 
 
-def judge_startup(costs: list[StartUpCost]) -> list[tuple[str, bool]]:
-    """Issue 21's target, per adapter: every pattern within 10 % of its default order."""
+def judge_startup(costs: list[StartUpCost]) -> list[tuple[str, bool, str]]:
+    """Issue 21's target, per adapter: every pattern within 10 % of its default order
+    (what is asked, whether it is met, the worst ratio)."""
     verdicts = []
     for adapter in ADAPTERS:
-        worst = max(c.ratio for c in costs if c.adapter == adapter)
-        line = f"{adapter}: every start-up pattern within 10 % of its default order ({worst:.2f}x)"
-        verdicts.append((line, worst <= 1.10))
+        worst = max((c for c in costs if c.adapter == adapter), key=lambda c: c.ratio)
+        name = f"{adapter}: every start-up pattern within 10 % of its default order"
+        verdicts.append((name, worst.ratio <= 1.10, f"worst {worst.pattern}: {worst.ratio:.2f}x"))
     return verdicts
 
 
 if __name__ == "__main__":
-    for line, met in judge_startup(startup_section(3, 1000)):
-        print(("met     " if met else "MISSED  ") + line)
+    for name, met, detail in judge_startup(startup_section(3, 1000)):
+        print(f"{'MET ' if met else 'MISS'}  {name}  {detail}")

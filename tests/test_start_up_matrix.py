@@ -129,14 +129,14 @@ def check_destination(spans: list[Any], sent: int, where: str) -> None:
 
 
 CASES = [
-    *((pattern, kind, "add_middleware", "uvicorn") for pattern in PATTERNS for kind in KINDS),
-    *((pattern, "langfuse+lemma", "wrap", "uvicorn") for pattern in PATTERNS),
-    *(
-        (pattern, "langfuse+lemma", placement, server)
-        for pattern in PATTERNS
-        for placement, server in (("add_middleware", "gunicorn"), ("wrap", "gunicorn --preload"))
-    ),
+    (pattern, kind, placement, server)
+    for pattern in PATTERNS
+    for kind in KINDS
+    for placement in ("add_middleware", "wrap")
+    for server in ("uvicorn", "gunicorn", "gunicorn --preload")
 ]
+"""Every pattern x destination x placement x server (uvicorn serves the FastAPI app,
+gunicorn the Flask app: ``add_middleware`` is ``LemmaFlask(app)`` there)."""
 
 
 @dataclass
@@ -173,7 +173,7 @@ def outcomes() -> Iterator[dict[tuple[str, ...], Outcome | BaseException]]:
         except BaseException as error:  # reported by the case's own test
             return error
 
-    with ThreadPoolExecutor(max_workers=6) as pool:
+    with ThreadPoolExecutor(max_workers=8) as pool:
         yield dict(zip(CASES, pool.map(outcome, CASES), strict=True))
 
 

@@ -81,12 +81,24 @@ def adopt_clients(
         if found.provider is None or found.public_key in BUILT_KEYS:
             continue
         target = export_target(found.provider, found.public_key)
-        if target is None or isinstance(target, DeliveryExporter):
-            continue  # an unknown layout (logged by the sdk module), or the middleware's own
-        exporter = _adopted_exporter(found, target, settings, (ours or {}).get(found.public_key))
-        OwnedTracerProvider.take_over(found.provider)  # before the middleware's processors
-        if not replace_export(found.provider, found.public_key, exporter):
-            exporters.discard(exporter)
+        if isinstance(target, DeliveryExporter):
+            continue  # the middleware's own
+        exporter = None
+        if target is not None:
+            exporter = _adopted_exporter(
+                found, target, settings, (ours or {}).get(found.public_key)
+            )
+            OwnedTracerProvider.take_over(found.provider)  # before the middleware's processors
+        if exporter is None or not replace_export(found.provider, found.public_key, exporter):
+            if exporter is not None:
+                exporters.discard(exporter)
+            logger.warning(
+                "lemma_middleware: the Langfuse client for public key %s, created before the "
+                "middleware's, cannot be adopted (its span processor is not laid out as this "
+                "langfuse version's): it exports as Langfuse configured it, without the retry "
+                "backlog, the bounded exit and the middleware's batching",
+                found.public_key,
+            )
             continue
         batched = set_batching(
             found.provider,
