@@ -177,6 +177,8 @@ def make_asgi(
             capture_input=capture,
             capture_output=capture,
             exclude_paths=["/health"],
+            # the bench hands the client (variants may share a process): adopt none of theirs
+            adopt_clients=client is None,
         )
     if variant == "otel":
         from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
@@ -245,6 +247,8 @@ def make_wsgi(
             capture_input=capture,
             capture_output=capture,
             exclude_paths=["/health"],
+            # the bench hands the client (variants may share a process): adopt none of theirs
+            adopt_clients=client is None,
         )
     if variant == "otel":
         from opentelemetry.instrumentation.wsgi import OpenTelemetryMiddleware

@@ -183,7 +183,10 @@ def _adoption_line(
 
 
 def keep_clients_as_configured(client: Langfuse) -> None:
-    """``adopt_clients=False``: say what the client passed keeps of Langfuse's behaviour."""
+    """``adopt_clients=False``: say what the client passed keeps of Langfuse's behaviour
+    (nothing to say of a client the middleware built)."""
+    if inspect_client(client).public_key in BUILT_KEYS:
+        return
     logger.warning(
         "lemma_middleware: adopt_clients=False: the Langfuse client (public key %s) exports as "
         "Langfuse configured it: no retry backlog, no bounded exit, Langfuse's batching, its "

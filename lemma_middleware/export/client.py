@@ -222,6 +222,8 @@ def export_passed_client(client: Langfuse, settings: ExportSettings) -> ClientAc
     given the destinations the environment configures besides Langfuse (Lemma, OTLP), each
     through a batch processor of its own."""
     adopted = adopt_earlier_clients(settings, client)
+    if inspect_client(client).public_key in BUILT_KEYS:  # build_client() passed: it has them
+        return wire_client(client, (), adopted)
     destinations, problems = resolve_destinations()
     for problem in problems:
         logger.error("lemma_middleware: misconfiguration: %s", problem)
