@@ -36,7 +36,7 @@ from lemma_middleware.core.redaction import Redactor
 from lemma_middleware.delivery.encoding import encode_batch
 from lemma_middleware.export.provider import OwnedTracerProvider
 
-SHAPE_VARIANTS = {
+SHAPE_VARIANTS: dict[str, tuple[Variant, ...]] = {
     "asgi": (Variant.BARE, Variant.FASTAPI_OTEL, Variant.HANDWRITTEN, Variant.LEMMA),
     "wsgi": (Variant.BARE, Variant.OTEL, Variant.HANDWRITTEN, Variant.LEMMA),
 }
