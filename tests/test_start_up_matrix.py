@@ -3,12 +3,14 @@ guarantees (issue 21). Each case serves tests/apps/start_up_matrix_app.py with a
 sends requests while the destination is up, down (503 for 6 s, longer than Langfuse's own
 exporter retries) and up again, then stops the server: every request's trace arrives at
 every destination, with its child made through the pattern's client and its generation,
-no secret of the child's input is exported, and the exit takes at most ``flush_timeout``.
+no secret of the child's input is exported, and the middleware's delivery at exit takes at
+most ``flush_timeout`` in each process (the whole exit is only bounded against a hang).
 The cases run side by side (most of a case is waiting), each in processes of its own."""
 
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -38,6 +40,14 @@ PROJECT_ID = "5b0c7b3e-8f6d-4a43-9d0e-3f1f6f2b9a11"
 SECRET_VALUES = ("hunter2-horse-staple", "sk-live-abcdefghijklmnop1234567890")
 FLUSH_TIMEOUT = 4.0  # the app's
 OUTAGE_SECONDS = 6.0
+EXIT_DELIVERY = re.compile(r"delivery took ([0-9.]+) s")
+"""The DEBUG lines of the lifespan shutdown and of each process's exit (uvicorn re-raises
+SIGTERM, so no exit handler runs there): the seconds the middleware spent delivering."""
+EXIT_OVERHEAD = 10.0
+"""Seconds the server and the interpreter may add to the exit: gunicorn's arbiter reaping
+its worker, then a second exit, and the interpreter's teardown take about 1 s alone and
+several on a loaded machine (8.3 s seen in CI); a hang until gunicorn's 30 s graceful
+timeout still fails."""
 
 
 def destination_environ(kind: str, base_url: str) -> dict[str, str]:
@@ -196,7 +206,10 @@ def test_every_client_gets_the_guarantees_whatever_the_start_up_order(
     assert set(by_path) == expected_paths, (set(by_path), stderr)
     for path in expected_paths:
         check_destination(by_path[path], outcome.sent, f"{path}: {stderr}")
-    assert outcome.exit_seconds < FLUSH_TIMEOUT + 3.0, stderr
+    exit_deliveries = [float(seconds) for seconds in EXIT_DELIVERY.findall(outcome.stderr)]
+    assert exit_deliveries, stderr  # the server delivered at shutdown or exit
+    assert max(exit_deliveries) <= FLUSH_TIMEOUT + 0.5, stderr
+    assert outcome.exit_seconds < FLUSH_TIMEOUT + EXIT_OVERHEAD, stderr
 
 
 def test_adopt_clients_false_keeps_a_passed_client_as_langfuse_configured_it() -> None:

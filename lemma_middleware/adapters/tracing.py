@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import time
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -154,6 +155,12 @@ class Tracing:
         request path). What a destination that is down could not take stays in its backlog
         (delivered later, or bounded at exit)."""
         if self.langfuse is not None and self.enabled:
+            started = time.monotonic()
             with deadline(self.options.flush_timeout):
                 self.langfuse.flush()
                 wait_for_backlogs()
+            logger.debug(
+                "lemma_middleware: flush: delivery took %.2f s (flush_timeout %.1f s)",
+                time.monotonic() - started,
+                self.options.flush_timeout,
+            )

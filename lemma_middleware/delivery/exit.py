@@ -12,6 +12,7 @@ shutdown) waits the same way through :func:`wait_for_backlogs`.
 from __future__ import annotations
 
 import atexit
+import time
 import weakref
 
 from opentelemetry.sdk.trace import TracerProvider
@@ -62,8 +63,11 @@ def watch_provider(provider: TracerProvider) -> None:
 
 def _deliver_at_exit() -> None:
     """Deliver what is pending within the exit timeout, then close every destination, so
-    the exit handlers that run after this one have nothing left to wait for."""
-    DEADLINE.start_exit(_exit_timeout or DEFAULT_EXIT_TIMEOUT)
+    the exit handlers that run after this one have nothing left to wait for (the seconds
+    it took are logged at DEBUG)."""
+    timeout = _exit_timeout or DEFAULT_EXIT_TIMEOUT
+    started = time.monotonic()
+    DEADLINE.start_exit(timeout)
     try:
         with contained("the flush at exit", "what is left is dropped"):
             for provider in list(_providers):
@@ -72,3 +76,8 @@ def _deliver_at_exit() -> None:
     finally:
         for exporter in list(exporters):
             exporter.close()
+        logger.debug(
+            "lemma_middleware: exit: delivery took %.2f s (flush_timeout %.1f s)",
+            time.monotonic() - started,
+            timeout,
+        )

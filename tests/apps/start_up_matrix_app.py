@@ -15,12 +15,20 @@ destinations come from the environment. ``ADOPT=0`` passes ``adopt_clients=False
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 from typing import Any
 
 from langfuse import Langfuse, get_client, observe
 
 from lemma_middleware import LemmaFlask, LemmaMiddleware, LemmaWSGIMiddleware
+
+# the shutdown's and the exit's delivery times are logged at DEBUG: the test reads them
+_stderr = logging.StreamHandler(sys.stderr)
+_stderr.setFormatter(logging.Formatter("%(message)s"))
+logging.getLogger("lemma_middleware").addHandler(_stderr)
+logging.getLogger("lemma_middleware").setLevel(logging.DEBUG)
 
 PATTERN = os.environ["PATTERN"]
 PLACEMENT = os.environ.get("PLACEMENT", "add_middleware")
