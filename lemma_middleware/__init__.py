@@ -17,10 +17,10 @@ from lemma_middleware.core.options import (
     Options,
 )
 from lemma_middleware.core.redaction import DEFAULT_REDACT_FIELDS, REDACTED
-from lemma_middleware.delivery.exporter import export_stats
 from lemma_middleware.delivery.stats import DeliveryStats
 from lemma_middleware.export.client import build_client
 from lemma_middleware.export.destinations import resolve_destinations
+from lemma_middleware.export.stats import ExportStats, export_stats
 from lemma_middleware.request.context import (
     bind,
     get_trace_id,
@@ -28,6 +28,7 @@ from lemma_middleware.request.context import (
     set_input,
     set_output,
 )
+from lemma_middleware.request.sampling import SamplingStats
 
 __all__ = [
     "DEFAULT_EXCLUDE_METHODS",
@@ -35,11 +36,13 @@ __all__ = [
     "DEFAULT_REDACT_FIELDS",
     "REDACTED",
     "DeliveryStats",
+    "ExportStats",
     "LemmaFlask",
     "LemmaMiddleware",
     "LemmaWSGIMiddleware",
     "OptionError",
     "Options",
+    "SamplingStats",
     "bind",
     "build_client",
     "export_stats",

@@ -29,12 +29,14 @@ from lemma_middleware.core.logs import (
 )
 from lemma_middleware.core.options import TracingOptions, compile_options, valid_environment
 from lemma_middleware.core.recording import Recorder, RequestInfo
+from lemma_middleware.core.sampling import SamplingRules
 from lemma_middleware.delivery.deadline import deadline
 from lemma_middleware.delivery.exit import set_exit_timeout, wait_for_backlogs
 from lemma_middleware.export.adoption import keep_clients_as_configured
 from lemma_middleware.export.client import build_client, export_passed_client
 from lemma_middleware.export.processors import wire_client
 from lemma_middleware.export.provider import framework_telemetry_idle
+from lemma_middleware.export.sampling import start_sampling
 from lemma_middleware.export.settings import ExportSettings
 from lemma_middleware.request.trace import RequestTrace, TraceSetup
 from lemma_middleware.sdk.client import ClientAccess, inspect_client
@@ -60,10 +62,15 @@ class Tracing:
         self.langfuse: Langfuse | None = client
         self.access: ClientAccess = access
         self.enabled = access.enabled
+        sampling = SamplingRules()  # what setting sampling up falls back to: every turn kept
+        if access.enabled:
+            with contained("setting up sampling", "every turn is kept"):
+                sampling = start_sampling(access.provider, compiled.sampling)
         self.options: TracingOptions = dataclasses.replace(
             compiled,
             environment=compiled.environment or valid_environment(access.environment),
             release=compiled.release or access.release,
+            sampling=sampling,
         )
         mask = access.mask
         if getattr(mask, "__self__", None) == self.options.redactor:

@@ -35,6 +35,10 @@ VARIABLES: Mapping[str, str] = {
     "LEMMA_AGENT_NAME": "the agent name when agent_name is not given",
     "LANGFUSE_TRACING_ENVIRONMENT": "the environment when environment is not given",
     "LANGFUSE_RELEASE": "the release when release is not given",
+    # which turns are kept (core.sampling)
+    "LEMMA_SAMPLE_RATE": "the fraction of conversations kept when sample_rate is not given",
+    "LANGFUSE_SAMPLE_RATE": "Langfuse's own trace sampling (only where Langfuse makes the "
+    "tracer provider; the middleware says what it does)",
     # the local inbox (inbox)
     "LEMMA_INBOX_DB": "the inbox's SQLite file",
     "XDG_DATA_HOME": "where the inbox's default file lives",

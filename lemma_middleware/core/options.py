@@ -23,6 +23,7 @@ from lemma_middleware.core.environment import variable
 from lemma_middleware.core.identity import HeaderNames, IdentityResolver, header_names
 from lemma_middleware.core.logs import logger
 from lemma_middleware.core.redaction import Redactor
+from lemma_middleware.core.sampling import SamplingRules
 
 DEFAULT_EXCLUDE_PATHS: tuple[str, ...] = (
     "/health",
@@ -159,10 +160,12 @@ class TracingOptions:
     """Seconds a lifespan shutdown or the process exit may spend delivering traces."""
     propagate_downstream: bool
     trusted_upstreams: tuple[IPv4Network | IPv6Network, ...]
+    """Peers whose W3C baggage identity (and ``traceparent``) the middleware accepts."""
     adopt_clients: bool
     """Langfuse clients created before the middleware's, and one passed as ``langfuse=``,
     get the middleware's export (see :mod:`lemma_middleware.export.adoption`)."""
-    """Peers whose W3C baggage identity (and ``traceparent``) the middleware accepts."""
+    sampling: SamplingRules
+    """Which turns are kept (see :mod:`lemma_middleware.core.sampling`)."""
 
     def trusts(self, client: str | None) -> bool:
         """Whether a request from peer address ``client`` comes from a trusted upstream."""
@@ -209,6 +212,9 @@ class TracingOptions:
         propagate_downstream: bool = False,
         trusted_upstreams: Iterable[str] = (),
         adopt_clients: bool = True,
+        sample_rate: float | None = None,
+        keep_errors: bool = True,
+        keep_slow: float | None = None,
     ) -> TracingOptions:
         """Validate and compile the options (the README's table documents each)."""
         env_agent = variable("LEMMA_AGENT_NAME")
@@ -255,6 +261,7 @@ class TracingOptions:
                 f"trusted_upstreams={trusted_upstreams!r}: expected IP addresses or networks, "
                 "e.g. ['10.0.0.0/8', '127.0.0.1']"
             ) from None
+        sampling = _sampling_rules(sample_rate, keep_errors, keep_slow)
         return cls(
             agent_name=agent,
             thread_headers=headers[0],
@@ -283,7 +290,41 @@ class TracingOptions:
             propagate_downstream=bool(propagate_downstream),
             trusted_upstreams=networks,
             adopt_clients=bool(adopt_clients),
+            sampling=sampling,
         )
+
+
+def _sampling_rules(
+    sample_rate: float | None, keep_errors: bool, keep_slow: float | None
+) -> SamplingRules:
+    """The sampling options checked: a rate from 0 to 1 (else ``LEMMA_SAMPLE_RATE``, else
+    1), a positive ``keep_slow``."""
+    source: str = "sample_rate"
+    raw: object = sample_rate
+    from_environment = variable("LEMMA_SAMPLE_RATE")
+    if raw is None and from_environment is not None:
+        source, raw = "LEMMA_SAMPLE_RATE", from_environment
+    try:
+        rate = 1.0 if raw is None else float(raw)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        rate = -1.0
+    if not 0.0 <= rate <= 1.0:
+        raise OptionError(
+            f"{source}={raw!r}: expected the fraction of conversations kept, from 0.0 to 1.0 "
+            "(e.g. 0.1 keeps one conversation in ten)"
+        )
+    slow: float | None = None
+    if keep_slow is not None:
+        try:
+            slow = float(keep_slow)
+        except (TypeError, ValueError):
+            slow = -1.0
+        if not 0 < slow < float("inf"):
+            raise OptionError(
+                f"keep_slow={keep_slow!r}: expected seconds (a turn that takes at least this "
+                "long is kept whatever its conversation), e.g. 10, or None"
+            )
+    return SamplingRules(rate=rate, keep_errors=bool(keep_errors), keep_slow=slow)
 
 
 class Options(TypedDict, total=False):
@@ -317,6 +358,9 @@ class Options(TypedDict, total=False):
     propagate_downstream: bool
     trusted_upstreams: Iterable[str]
     adopt_clients: bool
+    sample_rate: float | None
+    keep_errors: bool
+    keep_slow: float | None
 
 
 OPTION_NAMES: tuple[str, ...] = tuple(inspect.signature(TracingOptions.compile).parameters)

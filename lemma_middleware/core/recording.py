@@ -182,21 +182,19 @@ class Recorder:
             value = call_guarded("Langfuse mask", _masked, self.mask, value)
         return serialise(value, self.limit)
 
-    def attributes(
+    def bodies(
         self,
         request: RequestInfo,
         exchange: Exchange,
         overrides: Overrides,
         error: BaseException | None,
-    ) -> tuple[dict[str, Any], str | None]:
-        """The root's closing attributes, and the error message when it failed."""
-        attributes, failure = self.outcome(request, exchange, error)
+    ) -> dict[str, Any]:
+        """The root's input and output attributes (none when bodies are not allowed)."""
+        bodies: dict[str, Any] = {}
         if self.bodies_allowed:
-            bodies: dict[str, Any] = {}
             with contained("recording input/output", "the trace is recorded without them"):
                 self._bodies(bodies, request, exchange, overrides, error)
-            attributes.update(bodies)
-        return attributes, failure
+        return bodies
 
     def _bodies(
         self,

@@ -16,7 +16,7 @@ gzips it and POSTs it:
 
 The backlog is bounded in bytes (``max_backlog_bytes``, compressed payloads); a batch that
 does not fit is dropped, counted and logged, never blocking a request or the batch
-processor. :func:`export_stats` gives the counters of every destination.
+processor. :func:`delivery_stats` gives the counters of every destination.
 
 Every send ends by the process's :mod:`~lemma_middleware.delivery.deadline` while a bounded
 flush or the exit (:mod:`~lemma_middleware.delivery.exit`) runs.
@@ -302,6 +302,6 @@ class FlushWaitsForDelivery(SpanProcessor):
 exporters: weakref.WeakSet[DeliveryExporter] = weakref.WeakSet()
 
 
-def export_stats() -> list[DeliveryStats]:
+def delivery_stats() -> list[DeliveryStats]:
     """Counters of every destination the middleware delivers to in this process."""
     return sorted((exporter.stats for exporter in list(exporters)), key=lambda s: s.destination)

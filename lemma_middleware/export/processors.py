@@ -26,11 +26,21 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
 from lemma_middleware.core.logs import log_once
 from lemma_middleware.delivery.exporter import DeliveryExporter, FlushWaitsForDelivery
+from lemma_middleware.request.sampling import SamplingGate
 from lemma_middleware.request.scope import ExportedAncestryProcessor, RequestScopeProcessor
 from lemma_middleware.sdk.client import ClientAccess, ShouldExport, inspect_client
 from lemma_middleware.sdk.media_screen import screen_media_pass
 from lemma_middleware.sdk.root_shortcut import shortcut_roots
-from lemma_middleware.sdk.spans import add_processor_first, detach_client
+from lemma_middleware.sdk.spans import (
+    add_processor_first,
+    can_forget_spans,
+    detach_client,
+    flattened,
+    forget_span,
+    is_langfuse_processor,
+    processor_filter,
+    replace_processors,
+)
 
 
 class ExportFilter:
@@ -69,11 +79,11 @@ class DestinationProcessor(BatchSpanProcessor):
 
     def __init__(self, exporter: SpanExporter, exported: ExportFilter, **kwargs: Any) -> None:
         super().__init__(exporter, **kwargs)
-        self._exported = exported
+        self.exported = exported
         self.exports_by_langfuse_filter = exported.is_default
 
     def on_end(self, span: ReadableSpan) -> None:
-        if self._exported(span):
+        if self.exported(span):
             super().on_end(span)
 
 
@@ -136,3 +146,35 @@ def wire_client(
     wire_provider(access.provider, exported, processors)
     screen_media_pass(access.provider, access.public_key)
     return shortcut_roots(client, access)
+
+
+def gate_sampling(provider: TracerProvider) -> bool:
+    """Put one :class:`~lemma_middleware.request.sampling.SamplingGate` in the place of
+    every export processor on ``provider`` (each Langfuse client's and each destination
+    processor; a gate already there is merged), so that spans of turns sampling holds or
+    drops reach none of them. False when the provider cannot be gated (logged by the
+    caller); processors added later are not gated."""
+    if not can_forget_spans():
+        return False
+
+    def exports(processor: SpanProcessor) -> bool:
+        return isinstance(processor, DestinationProcessor | SamplingGate) or (
+            is_langfuse_processor(processor)
+        )
+
+    def gate(chosen: list[SpanProcessor]) -> SpanProcessor:
+        inner = list(flattened(chosen))
+        langfuse = [p for p in inner if is_langfuse_processor(p)]
+        filters = [ExportFilter(*processor_filter(p)) for p in langfuse]
+        filters += [p.exported for p in inner if isinstance(p, DestinationProcessor)]
+
+        def exported(span: ReadableSpan) -> bool:
+            return any(f(span) for f in filters)
+
+        def forget(span: ReadableSpan) -> None:
+            for processor in langfuse:
+                forget_span(processor, span)
+
+        return SamplingGate(inner, exported, forget)
+
+    return replace_processors(provider, exports, gate)

@@ -12,6 +12,7 @@ and outcome and ends the root.
 from __future__ import annotations
 
 import re
+import time
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,7 @@ from opentelemetry.trace import (
 from lemma_middleware.core.attributes import (
     METADATA_PREFIX,
     TraceValues,
+    json_text,
     propagate_arguments,
     propagated_metadata,
     raw_attributes,
@@ -50,13 +52,15 @@ from lemma_middleware.core.identity import (
 from lemma_middleware.core.logs import call_guarded, contained
 from lemma_middleware.core.options import TracingOptions
 from lemma_middleware.core.recording import Exchange, Overrides, Recorder, RequestInfo
+from lemma_middleware.core.sampling import KeptBecause
+from lemma_middleware.request.sampling import TurnSampling
 from lemma_middleware.sdk.client import StartRoot
 from lemma_middleware.sdk.clients import CURRENT_PUBLIC_KEY
 from lemma_middleware.sdk.direct_propagation import propagation_context
 from lemma_middleware.sdk.propagation import downstream_context
 
 _RELEASED = Context()
-_TRACEPARENT = re.compile(r"[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}")
+_TRACEPARENT = re.compile(r"[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,8 @@ class RequestTrace:
         self.request = request
         self.overrides = Overrides()
         self._finished = False
+        self.upstream_sampled: bool | None = None
+        """A trusted caller's ``traceparent`` sampled flag (None: no such caller)."""
         self.handled_error: BaseException | None = None
 
         # Who the request belongs to.
@@ -124,6 +130,16 @@ class RequestTrace:
         self.span = span
         self.span_context: SpanContext = span.get_span_context()
         self.trace_id = format(self.span_context.trace_id, "032x")
+        self.sampling: TurnSampling | None = None
+        """Whether the turn is kept, when sampling is on (see :mod:`.request.sampling`)."""
+        if options.sampling.active and span.is_recording():
+            self._started = time.monotonic()
+            self.sampling = TurnSampling(
+                options.sampling,
+                self.span_context.trace_id,
+                values.identity.thread_id,
+                self.upstream_sampled,
+            )
 
         # The context the request's code runs in: the root, the propagated attributes
         # (Langfuse's processor writes them on every child), and this.
@@ -146,9 +162,12 @@ class RequestTrace:
         attributes[METADATA_PREFIX + "upstream.trace_id"] = f'"{trace_id}"'
         attributes[METADATA_PREFIX + "upstream.span_id"] = f'"{span_id}"'
         options = self.setup.options
-        if not options.continue_upstream_trace or (
-            options.trusted_upstreams and not self.trusted_upstream
-        ):
+        continued = options.continue_upstream_trace and (
+            self.trusted_upstream or not options.trusted_upstreams
+        )
+        if self.trusted_upstream or continued:  # the caller's sampling decision is followed
+            self.upstream_sampled = bool(int(upstream.group(3), 16) & TraceFlags.SAMPLED)
+        if not continued:
             return fresh
         remote = SpanContext(
             int(trace_id, 16),
@@ -203,9 +222,13 @@ class RequestTrace:
             self._auth_pending = False
 
     def bind(self, **values: Any) -> None:
-        """Overlay identity values from the handler (highest precedence)."""
+        """Overlay identity values from the handler (highest precedence); a thread id
+        bound decides the sampling of a turn that had none."""
         if self.identity.bind(**values):
             self._apply_late_identity()
+            thread_id = self.identity.effective().thread_id
+            if self.sampling is not None and thread_id is not None:
+                self.sampling.thread_known(thread_id)
 
     def on_child_start(self, span: Span) -> None:
         """Called for every exported span started in this request."""
@@ -240,6 +263,9 @@ class RequestTrace:
         context = downstream_context(otel_context.get_current(), propagate_arguments(self.values()))
         carrier: dict[str, str] = {}
         propagate.inject(carrier, context=context)
+        traceparent = carrier.get("traceparent")
+        if self.sampling is not None and traceparent is not None and len(traceparent) == 55:
+            carrier["traceparent"] = traceparent[:53] + ("01" if self.sampling.head_kept else "00")
         return carrier
 
     # end ----------------------------------------------------------------------
@@ -254,21 +280,42 @@ class RequestTrace:
         return self._finished
 
     def finish(self, exchange: Exchange, error: BaseException | None = None) -> None:
-        """Record input, output and outcome on the root and end it (once)."""
+        """Decide the turn's sampling, record input, output and outcome on the root if it
+        is kept, and end it (once). A turn sampling drops costs no body rendering."""
         if self._finished:
             return
         self._finished = True
         try:
             with contained("recording the trace", "the root ends without what failed"):
                 self.sync_auth_user()
-                attributes, failure = self.setup.recorder.attributes(
-                    self.request, exchange, self.overrides, error or self.handled_error
-                )
+                recorder, error = self.setup.recorder, error or self.handled_error
+                attributes, failure = recorder.outcome(self.request, exchange, error)
+                if self.sampling is not None:
+                    seconds = time.monotonic() - self._started
+                    because = self.sampling.finish(failure is not None, seconds)
+                    if because is None:
+                        return
+                    attributes.update(self._sampling_metadata(because))
                 if failure is not None:
                     self.span.set_status(Status(StatusCode.ERROR, failure))
+                attributes.update(recorder.bodies(self.request, exchange, self.overrides, error))
                 self.span.set_attributes(attributes)
         finally:
+            if self.sampling is not None and not self.sampling.decided:
+                self.sampling.finish(failed=True, seconds=0.0)  # recording failed: as an error
             self.span.end(end_time=exchange.completed_at)
+
+    def _sampling_metadata(self, because: KeptBecause) -> dict[str, str]:
+        assert self.sampling is not None
+        metadata = {
+            METADATA_PREFIX + "sampling.kept_because": json_text(str(because)),
+            METADATA_PREFIX + "sampling.rate": repr(self.sampling.rules.rate),
+        }
+        if self.sampling.children_dropped:
+            metadata[METADATA_PREFIX + "sampling.children_dropped"] = str(
+                self.sampling.children_dropped
+            )
+        return metadata
 
     def release(self) -> None:
         """Drop the request's context; the adapter calls this when it is done with the

@@ -67,11 +67,18 @@ class _RootProcessors(SpanProcessor):
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         for processor in self._multi._span_processors:
-            if processor is self._langfuse:  # every span started here is a marked root
-                with self._lock:
-                    self._expected[format_span_id(span.context.span_id)] = True
+            if self._langfuse in getattr(processor, "inner", ()):  # the sampling gate
+                for inner in processor.inner:
+                    self.on_start_one(inner, span, parent_context)
             else:
-                processor.on_start(span, parent_context=parent_context)
+                self.on_start_one(processor, span, parent_context)
+
+    def on_start_one(self, processor: Any, span: Span, parent_context: Context | None) -> None:
+        if processor is self._langfuse:  # every span started here is a marked root
+            with self._lock:
+                self._expected[format_span_id(span.context.span_id)] = True
+        else:
+            processor.on_start(span, parent_context=parent_context)
 
     def _on_ending(self, span: Span) -> None:
         for processor in self._multi._span_processors:
@@ -79,14 +86,28 @@ class _RootProcessors(SpanProcessor):
 
     def on_end(self, span: ReadableSpan) -> None:
         for processor in self._multi._span_processors:
-            if processor is self._langfuse:
-                try:
-                    BatchSpanProcessor.on_end(processor, span)
-                finally:
-                    with self._lock:
-                        self._expected.pop(format_span_id(span.context.span_id), None)
+            if self._langfuse in getattr(processor, "inner", ()):  # the sampling gate
+                if processor.passes(span):
+                    for inner in processor.inner:
+                        self.on_end_one(inner, span)
+                else:
+                    self.forget(span)
             else:
-                processor.on_end(span)
+                self.on_end_one(processor, span)
+
+    def on_end_one(self, processor: Any, span: ReadableSpan) -> None:
+        if processor is self._langfuse:
+            try:
+                BatchSpanProcessor.on_end(processor, span)
+            finally:
+                self.forget(span)
+        else:
+            processor.on_end(span)
+
+    def forget(self, span: ReadableSpan) -> None:
+        """Drop Langfuse's note that ``span`` (a root) is exported."""
+        with self._lock:
+            self._expected.pop(format_span_id(span.context.span_id), None)
 
 
 def _shortcut_start_root(tracer: Any, langfuse: LangfuseSpanProcessor, multi: Any) -> StartRoot:

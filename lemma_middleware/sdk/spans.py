@@ -1,10 +1,11 @@
-"""Span and provider surgery: re-parenting a span, putting a processor first, finding and
-taking off a client's Langfuse processor (checked once at start-up).
+"""Span and provider surgery: re-parenting a span, putting a processor first, putting one
+processor in the place of several (the sampling gate), finding and taking off a client's
+Langfuse processor (checked once at start-up).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import cache
 from typing import Any, cast
 
@@ -58,9 +59,66 @@ def add_processor_first(provider: TracerProvider, processor: SpanProcessor) -> N
         multi._span_processors = (processor, *multi._span_processors)
 
 
+def flattened(processors: Iterable[Any]) -> Iterator[Any]:
+    """``processors``, with each sampling gate (a processor with ``inner``) replaced by the
+    processors it stands for."""
+    for processor in processors:
+        inner = getattr(processor, "inner", None)
+        if isinstance(inner, tuple):
+            yield from inner
+        else:
+            yield processor
+
+
+def is_langfuse_processor(processor: SpanProcessor) -> bool:
+    """Whether ``processor`` is a Langfuse client's span processor."""
+    return isinstance(processor, LangfuseSpanProcessor)
+
+
+def replace_processors(
+    provider: TracerProvider,
+    replaced: Callable[[SpanProcessor], bool],
+    replacement: Callable[[list[SpanProcessor]], SpanProcessor],
+) -> bool:
+    """Put ``replacement(those)`` in the place of the first of the processors ``replaced``
+    selects, the others taken off; False (nothing changed) when there are none or the
+    provider's layout is not the known one."""
+    if not check_span_internals()[1]:
+        return False
+    multi: Any = provider._active_span_processor
+    with multi._lock:
+        current = multi._span_processors
+        chosen = [p for p in current if replaced(p)]
+        if not chosen:
+            return False
+        first = current.index(chosen[0])
+        rest = tuple(p for p in current if p not in chosen)
+        multi._span_processors = (*rest[:first], replacement(chosen), *rest[first:])
+    return True
+
+
+def processor_filter(processor: LangfuseSpanProcessor) -> tuple[str, Any]:
+    """A Langfuse processor's public key and span filter (None: Langfuse's default)."""
+    return processor.public_key, getattr(processor, "_should_export_span", None)
+
+
+def forget_span(processor: LangfuseSpanProcessor, span: Any) -> None:
+    """Let a Langfuse processor forget ``span``, which it saw start and will not see end
+    (what its ``on_end`` does after exporting; without it the processor's per-span record
+    would stay)."""
+    cleanup = getattr(processor, "_cleanup_app_root_state", None)
+    if cleanup is not None:
+        cleanup(span)
+
+
+def can_forget_spans() -> bool:
+    """Whether Langfuse's processor has the per-span cleanup :func:`forget_span` calls."""
+    return callable(getattr(LangfuseSpanProcessor, "_cleanup_app_root_state", None))
+
+
 def langfuse_processor(provider: TracerProvider, public_key: str) -> LangfuseSpanProcessor | None:
     multi: Any = provider._active_span_processor
-    for processor in multi._span_processors:
+    for processor in flattened(multi._span_processors):
         if (
             isinstance(processor, LangfuseSpanProcessor)
             and getattr(processor, "public_key", None) == public_key
@@ -84,14 +142,17 @@ def detach_client(provider: TracerProvider, public_key: str, processors: Sequenc
     forget Langfuse's client for the key (the production capture of the testing helpers,
     whose clients live on the process's global provider one test at a time)."""
     if check_span_internals()[1]:
+
+        def kept(processor: Any) -> bool:
+            if hasattr(processor, "inner"):  # the sampling gate: what it stands for
+                processor.inner = tuple(p for p in processor.inner if kept(p))
+            return processor not in processors and not (
+                isinstance(processor, LangfuseSpanProcessor) and processor.public_key == public_key
+            )
+
         multi: Any = provider._active_span_processor
         with multi._lock:
-            multi._span_processors = tuple(
-                p
-                for p in multi._span_processors
-                if p not in processors
-                and not (isinstance(p, LangfuseSpanProcessor) and p.public_key == public_key)
-            )
+            multi._span_processors = tuple(p for p in multi._span_processors if kept(p))
     try:
         from langfuse._client.resource_manager import LangfuseResourceManager
 

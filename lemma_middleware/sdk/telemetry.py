@@ -15,7 +15,7 @@ from opentelemetry import metrics as otel_metrics
 from opentelemetry.sdk.trace import TracerProvider
 
 from lemma_middleware.sdk.probe import report_missing
-from lemma_middleware.sdk.spans import check_span_internals
+from lemma_middleware.sdk.spans import check_span_internals, flattened
 
 FASTAPI_TELEMETRY_KEY = "fastapi.telemetry"
 """A scope carrying this key is served by FastAPI without its native telemetry (FastAPI
@@ -62,7 +62,7 @@ def exports_framework_spans(provider: TracerProvider) -> bool:
             isinstance(p, LangfuseSpanProcessor)
             and getattr(p, "_should_export_span", None) is is_default_export_span
         )
-        for p in processors
+        for p in flattened(processors)
     )
     _langfuse_filtered[provider] = (processors, exports)
     return exports
