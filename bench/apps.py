@@ -10,6 +10,12 @@ FastAPI user picks today); ``otel`` (OpenTelemetry's ASGI middleware, explicit p
 (``FastAPI(telemetry={"tracing": False})``: not the default); ``lemma-nocapture``.
 WSGI variants (Flask): ``bare``, ``handwritten`` (``before_request``/``teardown_request``),
 ``otel`` (OpenTelemetry's WSGI instrumentation), ``lemma``, ``lemma-nocapture``.
+Both kinds: ``lemma-sampled-out`` and ``lemma-sampled-out-no-keep`` (conversation sampling
+at rate 0, :data:`SAMPLED_OUT`: every turn dropped by design).
+
+With ``agent=True`` an app also serves ``POST /agent``, an agent's turn
+(:func:`agent_turn`): a tool call and a generation, recorded as observations through the
+app's Langfuse client when it has one.
 
 Servers import ``bench.apps:asgi_app`` / ``bench.apps:wsgi_app``; the variant comes from the
 environment variable ``BENCH_VARIANT``. In one process (the in-process sections) there is a
@@ -63,6 +69,44 @@ def answer(body: dict[str, Any]) -> dict[str, Any]:
     return {"answer": (body.get("message") or "Thanks, I will look into it.").upper()}
 
 
+SAMPLED_OUT: dict[str, dict[str, Any]] = {
+    "lemma-sampled-out": {"sample_rate": 0.0},
+    "lemma-sampled-out-no-keep": {"sample_rate": 0.0, "keep_errors": False},
+}
+"""The middleware's sampling options of the variants that drop every turn by design."""
+LEMMA_VARIANTS = ("lemma", "lemma-nocapture", "lemma-telemetry-off", *SAMPLED_OUT)
+"""The variants traced by this middleware."""
+
+
+def _look_up(question: str) -> dict[str, Any]:
+    """The agent's tool: a lookup answered from nowhere (the work is not what is measured)."""
+    return {"order": "A-1042", "status": "in transit", "matched": len(question)}
+
+
+def agent_turn(client: Langfuse | None, body: dict[str, Any]) -> dict[str, Any]:
+    """An agent's turn: a tool call on the last message, then the model asked with the whole
+    conversation, then :func:`answer`. With ``client``, each step is an observation through
+    it, as an instrumented agent records them (children of the request's trace); with None,
+    the same steps, unrecorded (the bare app: no tracing at all)."""
+    messages = body.get("messages") or [{"role": "user", "content": body.get("message") or ""}]
+    question = str(messages[-1].get("content") or "")
+    reply = answer(body)
+    if client is None:
+        _look_up(question)
+        return reply
+    with client.start_as_current_observation(
+        name="lookup-order", as_type="tool", input={"query": question}
+    ) as tool:
+        tool.update(output=_look_up(question))
+    with client.start_as_current_observation(
+        name="llm", as_type="generation", model="gpt-4o-mini", input=messages
+    ) as generation:
+        generation.update(
+            output=reply["answer"], usage_details={"input": len(messages) * 50, "output": 12}
+        )
+    return reply
+
+
 def _identity(headers: Any) -> dict[str, Any]:
     return {
         "user_id": headers.get("x-user-id"),
@@ -110,9 +154,11 @@ def make_asgi(
     client: Langfuse | None,
     otel_exporter: SpanExporter | None = None,
     telemetry_provider: TracerProvider | None = None,
+    agent: bool = False,
 ) -> Any:
     """The FastAPI agent, traced as ``variant`` says. ``telemetry_provider``: the provider
-    FastAPI's native telemetry would find global in this variant's own process."""
+    FastAPI's native telemetry would find global in this variant's own process. ``agent``:
+    serve ``POST /agent`` too (:func:`agent_turn`, observations through ``client``)."""
     from fastapi import FastAPI, Request
     from fastapi.responses import Response, StreamingResponse
 
@@ -149,6 +195,12 @@ def make_asgi(
 
         return StreamingResponse(chunks(), media_type="text/event-stream")
 
+    if agent:
+
+        @app.post("/agent")
+        async def agent_route(body: dict[str, Any]) -> dict[str, Any]:
+            return agent_turn(client, body)
+
     if variant == "handwritten":
         assert client is not None
 
@@ -166,10 +218,10 @@ def make_asgi(
                 root.update(output=content.decode())
                 return Response(content, response.status_code, dict(response.headers))
 
-    if variant in ("lemma", "lemma-nocapture", "lemma-telemetry-off"):
+    if variant in LEMMA_VARIANTS:
         from lemma_middleware import LemmaMiddleware
 
-        capture = variant == "lemma"
+        capture = variant == "lemma" or variant in SAMPLED_OUT
         app.add_middleware(
             LemmaMiddleware,
             agent_name=AGENT,
@@ -179,6 +231,7 @@ def make_asgi(
             exclude_paths=["/health"],
             # the bench hands the client (variants may share a process): adopt none of theirs
             adopt_clients=client is None,
+            **SAMPLED_OUT.get(variant, {}),
         )
     if variant == "otel":
         from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
@@ -193,9 +246,13 @@ def make_asgi(
 
 
 def make_wsgi(
-    variant: str, client: Langfuse | None, otel_exporter: SpanExporter | None = None
+    variant: str,
+    client: Langfuse | None,
+    otel_exporter: SpanExporter | None = None,
+    agent: bool = False,
 ) -> Any:
-    """The Flask agent, traced as ``variant`` says."""
+    """The Flask agent, traced as ``variant`` says. ``agent``: serve ``POST /agent`` too
+    (:func:`agent_turn`, observations through ``client``)."""
     from flask import Flask, Response, g, request
 
     app = Flask(__name__)
@@ -212,6 +269,12 @@ def make_wsgi(
     def chat_stream() -> Response:
         request.get_json()
         return Response((SSE_CHUNK for _ in range(SSE_CHUNKS)), mimetype="text/event-stream")
+
+    if agent:
+
+        @app.post("/agent")
+        def agent_route() -> dict[str, Any]:
+            return agent_turn(client, request.get_json())
 
     if variant == "handwritten":
         assert client is not None
@@ -236,10 +299,10 @@ def make_wsgi(
                 g.propagation.__exit__(None, None, None)
                 g.root_cm.__exit__(None, None, None)
 
-    if variant in ("lemma", "lemma-nocapture"):
+    if variant in ("lemma", "lemma-nocapture", *SAMPLED_OUT):
         from lemma_middleware import LemmaWSGIMiddleware
 
-        capture = variant == "lemma"
+        capture = variant == "lemma" or variant in SAMPLED_OUT
         app.wsgi_app = LemmaWSGIMiddleware(  # type: ignore[method-assign]
             app.wsgi_app,
             agent_name=AGENT,
@@ -249,6 +312,7 @@ def make_wsgi(
             exclude_paths=["/health"],
             # the bench hands the client (variants may share a process): adopt none of theirs
             adopt_clients=client is None,
+            **SAMPLED_OUT.get(variant, {}),
         )
     if variant == "otel":
         from opentelemetry.instrumentation.wsgi import OpenTelemetryMiddleware

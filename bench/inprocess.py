@@ -188,14 +188,16 @@ def otlp_exporter_encoding(compress: bool) -> Callable[[Sequence[ReadableSpan]],
 
 class EncodeOnly(SpanExporter):
     """An exporter that encodes as ``encode`` does and sends nothing. Keeps the spans it is
-    given while ``keeping``."""
+    given while ``keeping``; counts them in ``exported`` always."""
 
     def __init__(self, encode: Callable[[Sequence[ReadableSpan]], bytes]) -> None:
         self.encode = encode
         self.kept: list[ReadableSpan] = []
         self.keeping = True
+        self.exported = 0
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self.exported += len(spans)
         if self.keeping:
             self.kept.extend(spans)
         self.encode(spans)

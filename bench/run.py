@@ -22,12 +22,15 @@ import sys
 from bench.inprocess import asgi_section, export_cost_section, wsgi_section
 from bench.memory import memory_section
 from bench.outage import outage_section
+from bench.sampling import sampling_section
 from bench.served import batching_section, e2e_section
 from bench.shapes import e2e_history_section, layers_section, redaction_section, shapes_section
 from bench.startup import startup_section
 from bench.targets import Figures, judge
 
-SECTIONS = "asgi,wsgi,shapes,layers,redaction,startup,e2e,e2e-history,batching,memory,outage"
+SECTIONS = (
+    "asgi,wsgi,shapes,layers,redaction,sampling,startup,e2e,e2e-history,batching,memory,outage"
+)
 """Every section (``asgi`` includes the export table), in the order they run."""
 
 
@@ -62,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         layers_section()
     if "redaction" in sections:
         figures.redaction = redaction_section(5 if args.smoke else 300)
+    if "sampling" in sections:
+        figures.sampling = sampling_section(*((3, 20) if args.smoke else (21, 200)))
     if "startup" in sections:
         figures.startup = startup_section(*((1, 100) if args.smoke else (3, 1000)))
     if "e2e-history" in sections:

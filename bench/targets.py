@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from bench.inprocess import InProcess
 from bench.outage import Outcome
+from bench.sampling import SAMPLING_BODIES, SamplingCosts
 from bench.served import EndToEnd
 from bench.shapes import RedactionCost, ShapeCosts
 from bench.startup import StartUpCost, judge_startup
@@ -30,6 +31,7 @@ class Figures:
     redaction: RedactionCost | None = None
     history: EndToEnd | None = None
     startup: list[StartUpCost] | None = None
+    sampling: SamplingCosts | None = None
 
 
 @dataclass
@@ -113,6 +115,32 @@ def in_process_checks(figures: Figures) -> list[Check]:
     return checks
 
 
+_BODY = {SHORT: "short", HISTORY: "history"}
+SAMPLED_OUT_RATIO = 0.35
+"""Issue 22: a sampled-out request's overhead at most this fraction of a kept one's."""
+
+
+def sampling_checks(figures: Figures) -> list[Check]:
+    """Issue 22's target, for each kind of app and body: the sampled-out turn's CPU
+    overhead (the defaults: keep_errors on) at most 0.35x the kept one's; a variant that
+    exported other than all (kept) or nothing (sampled out) fails it."""
+    checks: list[Check] = []
+    if sampling := figures.sampling:
+        for kind in ("asgi", "wsgi"):
+            for shape in SAMPLING_BODIES:
+                ratio = sampling.ratio(kind, shape)
+                out = sampling.overhead(kind, shape, Variant.LEMMA_SAMPLED_OUT)
+                kept = sampling.overhead(kind, shape, Variant.LEMMA)
+                exports = sampling.exports_as_expected(kind, shape)
+                detail = f"{ratio:.2f}x: {out:.0f} vs {kept:.0f} us over bare"
+                checks.append(
+                    Check(f"sampled out, {kind.upper()} {_BODY[shape]}: overhead <= 0.35x kept",
+                          ratio <= SAMPLED_OUT_RATIO and exports,
+                          detail + ("" if exports else "; EXPORTS WRONG (see the table)"))
+                )  # fmt: skip
+    return checks
+
+
 def e2e_checks(e2e: EndToEnd) -> list[Check]:
     """Issue 12's end-to-end targets: throughput, p99, no trace dropped."""
     asgi, wsgi = e2e["asgi"], e2e["wsgi"]
@@ -148,7 +176,7 @@ def e2e_checks(e2e: EndToEnd) -> list[Check]:
 def judge(figures: Figures) -> list[Check]:
     """Every target the run has figures for, printed (issue 19's first, then issue 12's and
     the hardening issues'); returned as well."""
-    checks = shape_checks(figures) + in_process_checks(figures)
+    checks = shape_checks(figures) + in_process_checks(figures) + sampling_checks(figures)
     if figures.e2e:
         checks += e2e_checks(figures.e2e)
     if memory := figures.memory:

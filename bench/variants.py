@@ -20,6 +20,12 @@ class Variant(StrEnum):
     LEMMA = "lemma"
     LEMMA_TELEMETRY_OFF = "lemma-telemetry-off"
     LEMMA_NOCAPTURE = "lemma-nocapture"
+    LEMMA_SAMPLED_OUT = "lemma-sampled-out"
+    """``sample_rate=0.0``, ``keep_errors`` (the default) on: DROPS every turn by design (each
+    one held until its root ends, then dropped, since none fails)."""
+    LEMMA_SAMPLED_OUT_NO_KEEP = "lemma-sampled-out-no-keep"
+    """``sample_rate=0.0, keep_errors=False``: DROPS every turn by design, decided as it
+    starts (nothing held)."""
     # in-process rows that are not variants of their own in bench.apps:
     BARE_TELEMETRY = "bare-telemetry"
     """The bare app once a global provider exists (the middleware's, with nothing exporting
@@ -48,6 +54,15 @@ WSGI_LABELS = {
     Variant.LEMMA: "lemma middleware, traced",
 }
 """How the WSGI end-to-end and shapes tables name the variants."""
+
+SAMPLING_LABELS = {
+    Variant.BARE: "bare app (no observations)",
+    Variant.LEMMA: "lemma, kept (rate 1)",
+    Variant.LEMMA_SAMPLED_OUT: "DROPS: rate 0, keep_errors",
+    Variant.LEMMA_SAMPLED_OUT_NO_KEEP: "DROPS: rate 0, no keep",
+}
+"""How the sampling table names its variants; the sampled-out ones drop every turn by
+design, and say so."""
 
 LABELS = {"asgi": ASGI_LABELS, "wsgi": WSGI_LABELS}
 """The labels by kind of app (``asgi``: FastAPI, ``wsgi``: Flask)."""

@@ -201,7 +201,9 @@ class TurnSampling:
             dropped = state is _State.DROPPED or not self.holding
             if dropped:
                 _stats.spans_dropped += 1
-                self.children_dropped += state is not _State.DROPPED
+                if state is not _State.DROPPED:  # the turn stopped holding: a bound
+                    _stats.spans_dropped_hold_full += 1
+                    self.children_dropped += 1
             elif (
                 len(self.held) < HOLD_SPANS_PER_TURN
                 and _stats.held_bytes + size <= HOLD_BYTES_PER_PROCESS
