@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import math
+import re
 import time
 import tracemalloc
 from collections import Counter
@@ -21,7 +22,7 @@ import httpx
 import pytest
 from fastapi import BackgroundTasks, FastAPI, Request
 from fastapi.responses import JSONResponse
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from langfuse import Langfuse
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -330,6 +331,22 @@ async def test_a_trusted_callers_sampled_flag_decides(captured: Captured) -> Non
     assert json.loads(root.attributes[KEPT_BECAUSE]) == "upstream"
 
 
+async def test_a_second_call_in_a_callers_trace_is_decided_afresh(captured: Captured) -> None:
+    """Continued traces share the caller's trace id: a call after a dropped one is its own
+    turn (here kept because it fails)."""
+    app = agent_app(captured.client, sample_rate=RATE, continue_upstream_trace=True)
+    (dropped,) = threads(False, 1)
+    headers = {"x-conversation-id": dropped, "traceparent": traceparent(False)}
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+        await http.post("/chat", json={"message": "a"}, headers=headers)
+        await http.post("/chat", json={"message": "b", "fail": "raise"}, headers=headers)
+    spans = captured.spans()
+    (root,) = (s for s in spans if s.name == "support-agent")
+    assert json.loads(root.attributes[KEPT_BECAUSE]) == "error"
+    assert trace_of(spans, root) == ["llm", "lookup", "support-agent"]
+
+
 async def test_an_untrusted_callers_flag_is_ignored(captured: Captured) -> None:
     app = agent_app(captured.client, sample_rate=RATE)
     (dropped,) = threads(False, 1)
@@ -506,3 +523,35 @@ def test_children_made_in_worker_threads_follow_their_root(captured: Captured) -
     assert roots_by_thread(spans) == Counter({thread: 1 for thread in kept})
     assert len(spans) == 3 * 9
     assert_no_orphans(spans)
+
+
+_TRUSTING: list[tuple[Captured, FastAPI]] = []
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.one_of(
+        st.text(st.characters(max_codepoint=255), max_size=70),
+        st.from_regex(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-fA-F]{2}", fullmatch=True),
+    )
+)
+def test_any_traceparent_from_a_trusted_caller_gives_one_decision(value: str) -> None:
+    """The header is untrusted text: whatever it holds, the turn is traced and decided once
+    (kept when it is a traceparent with the sampled flag, else dropped at rate 0), and
+    nothing is held afterwards."""
+    if not _TRUSTING:  # one app for every example
+        capture = Captured()
+        app = agent_app(capture.client, sample_rate=0.0, trusted_upstreams=["127.0.0.1"])
+        _TRUSTING.append((capture, app))
+    capture, app = _TRUSTING[0]
+    capture.clear()
+    headers = {"x-conversation-id": b"t", "traceparent": value.encode("latin-1")}
+    response = asyncio.run(post(app, "/chat", json={"message": "m"}, headers=headers))
+    assert response.status_code == 200
+    parsed = re.fullmatch(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-([0-9a-f]{2})", value.strip())
+    sampled = parsed is not None and bool(int(parsed.group(1), 16) & 1)
+    roots = capture.roots()
+    assert len(roots) == (1 if sampled else 0), (value, roots)
+    for root in roots:
+        assert json.loads(root.attributes[KEPT_BECAUSE]) == "upstream"
+    assert turn_sampling._turns == {}

@@ -92,8 +92,8 @@ def _estimated_size(span: ReadableSpan) -> int:
 class TurnSampling:
     """The sampling state of one traced request (its trace id's spans)."""
 
-    __slots__ = ("children_dropped", "held", "held_bytes", "holding", "reason", "rules", "state",
-                 "trace_id")  # fmt: skip
+    __slots__ = ("children_dropped", "finished", "held", "held_bytes", "holding", "reason",
+                 "rules", "state", "trace_id")  # fmt: skip
 
     def __init__(
         self, rules: SamplingRules, trace_id: int, thread_id: str | None, upstream: bool | None
@@ -103,6 +103,8 @@ class TurnSampling:
         self.held: list[tuple[SamplingGate, ReadableSpan]] = []
         self.held_bytes = 0
         self.holding = True
+        self.finished = False
+        """Whether :meth:`finish` decided the turn."""
         self.children_dropped = 0
         """Spans lost to a hold bound (recorded on the root if the turn is kept)."""
         self.reason = rules.head(thread_id, trace_id, upstream)
@@ -112,6 +114,9 @@ class TurnSampling:
             self.state = _State.KEPT
         else:
             self.state = _State.SAMPLED_OUT if rules.promotes else _State.DROPPED
+        if _recently_dropped:  # a new turn of a trace seen before (a continued upstream trace)
+            with _lock:
+                _recently_dropped.pop(trace_id, None)
         if self.state is _State.DROPPED:
             _forget_dropped(trace_id)
         elif self.state is not _State.KEPT:
@@ -125,13 +130,6 @@ class TurnSampling:
         if self.state is _State.UNDECIDED:
             return trace_kept(self.trace_id, self.rules.rate)
         return self.state is _State.KEPT
-
-    @property
-    def decided(self) -> bool:
-        """Whether the turn is kept or dropped for good."""
-        return (self.state is _State.KEPT and self.trace_id not in _turns) or (
-            self.state is _State.DROPPED
-        )
 
     def thread_known(self, thread_id: str) -> None:
         """A thread id was bound during the request: it decides a turn that had none."""
@@ -148,6 +146,7 @@ class TurnSampling:
     def finish(self, failed: bool, seconds: float) -> KeptBecause | None:
         """Decide the turn as its root ends: why it is kept (its held spans go on), or None
         (they are dropped, and so is the root)."""
+        self.finished = True
         if self.state is _State.UNDECIDED:
             self.reason = self.rules.head(None, self.trace_id, None)
             self.state = _State.KEPT if self.reason is not None else _State.SAMPLED_OUT

@@ -301,7 +301,7 @@ class RequestTrace:
                 attributes.update(recorder.bodies(self.request, exchange, self.overrides, error))
                 self.span.set_attributes(attributes)
         finally:
-            if self.sampling is not None and not self.sampling.decided:
+            if self.sampling is not None and not self.sampling.finished:
                 self.sampling.finish(failed=True, seconds=0.0)  # recording failed: as an error
             self.span.end(end_time=exchange.completed_at)
 
