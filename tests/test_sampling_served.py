@@ -85,7 +85,7 @@ def conversations() -> tuple[tuple[Turn, ...], ...]:
     return tuple(result)
 
 
-@dataclass
+@dataclass(repr=False)
 class Served:
     """One run: what was sent and answered, what each process counted, what arrived."""
 
@@ -98,6 +98,9 @@ class Served:
     spans: list[ReceivedSpan] = field(default_factory=list)
     stderr: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+
+    def __repr__(self) -> str:  # what a failed assertion shows of the fixture
+        return f"Served({len(self.turns)} turns, {len(self.spans)} spans, {self.seconds:.1f} s)"
 
     def where(self) -> str:
         """The servers' stderr tails, for assertion messages."""
@@ -311,6 +314,9 @@ def test_every_turn_was_answered(sampled: Served) -> None:
         assert any(t.fails and t.server == name and t.thread not in kept for t in sampled.turns)
     assert statuses == {200: len(sampled.turns) - failing, 500: failing}, sampled.where()
     assert all(sampled.trace_ids[t] for t in sampled.turns if not t.fails)
+    for name in SERVERS:  # the rate came from LEMMA_SAMPLE_RATE; no hold bound was reached
+        assert "sampling keeps 0.3 of conversations" in sampled.stderr[name], sampled.where()
+        assert "hold bound" not in sampled.stderr[name], sampled.where()
 
 
 def test_the_conversations_kept_are_the_hash_decision_within_binomial_bounds(
