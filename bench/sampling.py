@@ -191,8 +191,8 @@ def _print_sampling(costs: SamplingCosts, rounds: int, per_round: int) -> None:
             line = f"{kind.upper():4} {shape.name:30}"
             for variant in SAMPLING_VARIANTS:
                 line += f" {costs.medians[(kind, shape, variant)]:27.0f}"
-            per_round = costs.round_ratios(kind, shape)
-            spread = f"{min(per_round):.2f}-{max(per_round):.2f}" if per_round else "n/a"
+            each = costs.round_ratios(kind, shape)
+            spread = f"{min(each):.2f}-{max(each):.2f}" if each else "n/a"
             line += f" {costs.ratio(kind, shape):6.2f} {spread:>11}"
             line += f" {costs.ratio(kind, shape, Variant.LEMMA_SAMPLED_OUT_NO_KEEP):7.2f}"
             exported = [costs.exported[(kind, shape, v)] for v in SAMPLING_VARIANTS[1:]]

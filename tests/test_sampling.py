@@ -25,6 +25,7 @@ from fastapi.responses import JSONResponse
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from langfuse import Langfuse
+from opentelemetry import trace as otel_trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import Decision, TraceIdRatioBased
@@ -215,6 +216,59 @@ async def test_keep_errors_false_drops_failed_turns_too(captured: Captured) -> N
     await turn(app, "t-1", fail="raise")
     await turn(app, "t-2")
     assert captured.spans() == []
+
+
+async def test_a_turn_nothing_can_keep_records_nothing_from_its_start(captured: Captured) -> None:
+    """keep_errors off and a sampled-out thread id: the root and the handler's observations
+    are not recording (no input processed), the turn still has a trace id and tells the
+    services it calls it is not sampled."""
+    app = agent_app(captured.client, sample_rate=0.0, keep_errors=False)
+    recording: list[bool] = []
+
+    @app.post("/probe")
+    async def probe() -> Any:
+        recording.append(otel_trace.get_current_span().is_recording())
+        with captured.client.start_as_current_observation(name="llm", as_type="generation"):
+            recording.append(otel_trace.get_current_span().is_recording())
+        return {"headers": outgoing_headers()}
+
+    before = sampling_stats()
+    response = await post(app, "/probe", headers={"x-conversation-id": "t-1"})
+    assert recording == [False, False]
+    trace_id = response.headers["x-trace-id"]
+    assert re.fullmatch("[0-9a-f]{32}", trace_id) and int(trace_id, 16)
+    assert response.json()["headers"]["traceparent"].startswith(f"00-{trace_id}-")
+    assert response.json()["headers"]["traceparent"].endswith("-00")
+    assert captured.spans() == []
+    assert sampling_stats().turns_dropped == before.turns_dropped + 1
+
+
+async def test_a_continued_caller_trace_dropped_at_start_keeps_the_callers_trace_id(
+    captured: Captured,
+) -> None:
+    app = agent_app(
+        captured.client, sample_rate=0.0, keep_errors=False, continue_upstream_trace=True
+    )
+    headers = {"x-conversation-id": "t-1", "traceparent": traceparent(False)}
+    response = await post(app, "/chat", json={"message": "a"}, headers=headers)
+    assert response.headers["x-trace-id"] == traceparent(False).split("-")[1]
+    assert captured.spans() == []
+
+
+async def test_children_a_trace_id_sampler_records_under_a_dropped_root_are_dropped() -> None:
+    """A sampler that is not parent-based (Langfuse's sample_rate) records some children of
+    a root dropped as it started: they are dropped too, never exported as orphans."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=TraceIdRatioBased(1.0))
+    client = client_on(provider, exporter, "pk-not-parent-based")
+    app = agent_app(client, sample_rate=0.0, keep_errors=False, adopt_clients=False)
+    before = sampling_stats().spans_dropped
+    for number in range(5):
+        await turn(app, f"t-{number}")
+    client.flush()
+    assert exporter.get_finished_spans() == ()
+    assert sampling_stats().spans_dropped - before == 10  # the tool and the generation
+    provider.shutdown()
 
 
 async def test_keep_slow_keeps_a_slow_turn_of_a_sampled_out_conversation(

@@ -85,6 +85,16 @@ class SamplingRules:
             return KeptBecause.CONVERSATION if conversation_kept(thread_id, self.rate) else None
         return KeptBecause.TRACE_ID if trace_kept(trace_id, self.rate) else None
 
+    def dropped_at_start(self, thread_id: str | None, upstream_sampled: bool | None) -> bool:
+        """Whether a turn is dropped whatever happens while it runs: sampled out by its
+        upstream's flag or its thread id, and no turn is kept for failing or being slow.
+        (With neither, a thread id bound later may still decide it.)"""
+        if not self.active or self.promotes:
+            return False
+        if upstream_sampled is None and thread_id is None:
+            return False
+        return self.head(thread_id, 0, upstream_sampled) is None
+
     def promoted(self, failed: bool, seconds: float) -> KeptBecause | None:
         """Why a turn sampled out is kept after all when it ends, or None."""
         if failed and self.keep_errors:

@@ -22,6 +22,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace as otel_trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import Span
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.trace import (
     INVALID_SPAN,
     NonRecordingSpan,
@@ -121,24 +122,29 @@ class RequestTrace:
         # OpenTelemetry ASGI's server span, a span from upstream); baggage is dropped too.
         # Other context values (FastAPI's per-request telemetry) are kept.
         metadata = propagated_metadata(values)  # computed once for the root and the context
-        attributes = root_attributes(values, metadata)
         fresh = otel_trace.set_span_in_context(
             INVALID_SPAN, baggage.clear(otel_context.get_current())
         )
-        parent = self._upstream_parent(headers.get("traceparent", ""), fresh, attributes)
-        span = setup.start_root(self.agent_name, parent, attributes)
+        upstream: dict[str, Any] = {}
+        parent = self._upstream_parent(headers.get("traceparent", ""), fresh, upstream)
+        rules, thread_id = options.sampling, values.identity.thread_id
+        if rules.dropped_at_start(thread_id, self.upstream_sampled):
+            # Nothing of this turn can be kept: a root that records nothing, so the
+            # handler's observations record nothing either (their parent is not sampled).
+            span: Span | NonRecordingSpan = _unrecorded_root(parent)
+        else:
+            attributes = root_attributes(values, metadata)
+            attributes.update(upstream)
+            span = setup.start_root(self.agent_name, parent, attributes)
         self.span = span
         self.span_context: SpanContext = span.get_span_context()
         self.trace_id = format(self.span_context.trace_id, "032x")
         self.sampling: TurnSampling | None = None
         """Whether the turn is kept, when sampling is on (see :mod:`.request.sampling`)."""
-        if options.sampling.active and span.is_recording():
+        if rules.active and (span.is_recording() or isinstance(span, _UnrecordedRoot)):
             self._started = time.monotonic()
             self.sampling = TurnSampling(
-                options.sampling,
-                self.span_context.trace_id,
-                values.identity.thread_id,
-                self.upstream_sampled,
+                rules, self.span_context.trace_id, thread_id, self.upstream_sampled
             )
 
         # The context the request's code runs in: the root, the propagated attributes
@@ -285,6 +291,10 @@ class RequestTrace:
         if self._finished:
             return
         self._finished = True
+        if isinstance(self.span, _UnrecordedRoot):  # dropped as it started
+            if self.sampling is not None:
+                self.sampling.finish(failed=False, seconds=0.0)
+            return
         try:
             with contained("recording the trace", "the root ends without what failed"):
                 self.sync_auth_user()
@@ -324,6 +334,22 @@ class RequestTrace:
         garbage collector later (fewer and shorter collection pauses under load). Code
         still running in the context (a background task) keeps its own reference to it."""
         self.context = _RELEASED
+
+
+class _UnrecordedRoot(NonRecordingSpan):
+    """The root of a turn sampling drops as it starts (nothing is recorded or exported)."""
+
+
+_ids = RandomIdGenerator()
+
+
+def _unrecorded_root(parent: Context) -> _UnrecordedRoot:
+    """A not-sampled root in a continued upstream trace, or in a new trace."""
+    upstream = otel_trace.get_current_span(parent).get_span_context()
+    trace_id = upstream.trace_id if upstream.is_valid else _ids.generate_trace_id()
+    return _UnrecordedRoot(
+        SpanContext(trace_id, _ids.generate_span_id(), is_remote=False, trace_flags=TraceFlags(0))
+    )
 
 
 ACTIVE_REQUEST = otel_context.create_key("lemma_middleware.request_trace")
