@@ -24,7 +24,7 @@ from lemma_middleware.adapters.wsgi import (
     register_framework,
 )
 from lemma_middleware.core.identity import user_id_from_auth_user, user_id_from_plain_user
-from lemma_middleware.core.options import OPTION_NAMES
+from lemma_middleware.core.options import OPTION_NAMES, options_from_config
 from lemma_middleware.request.context import current
 
 
@@ -84,11 +84,7 @@ class LemmaFlask:
 
     def init_app(self, app: Any) -> None:
         """Install the middleware on ``app`` with options from ``app.config``."""
-        options = {
-            name: app.config[f"LEMMA_{name.upper()}"]
-            for name in OPTION_NAMES
-            if f"LEMMA_{name.upper()}" in app.config
-        }
+        options = options_from_config(app.config)
         options.update(self.options)
         self.middleware = LemmaWSGIMiddleware(app.wsgi_app, **options)
         app.wsgi_app = self.middleware

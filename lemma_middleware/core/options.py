@@ -366,6 +366,20 @@ class Options(TypedDict, total=False):
 OPTION_NAMES: tuple[str, ...] = tuple(inspect.signature(TracingOptions.compile).parameters)
 """The keyword options every adapter takes."""
 
+CONFIG_PREFIX = "LEMMA_"
+"""A framework's configuration names an option ``LEMMA_<OPTION NAME>`` (Flask's
+``app.config``, Django's settings): ``LEMMA_AGENT_NAME``, ``LEMMA_THREAD_HEADER``, ..."""
+
+
+def config_name(option: str) -> str:
+    """The configuration key of ``option`` (``thread_header`` -> ``LEMMA_THREAD_HEADER``)."""
+    return CONFIG_PREFIX + option.upper()
+
+
+def options_from_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The options a framework's configuration sets, by :func:`config_name`."""
+    return {name: config[config_name(name)] for name in OPTION_NAMES if config_name(name) in config}
+
 
 def compile_options(options: dict[str, Any]) -> TracingOptions:
     """:meth:`TracingOptions.compile`, with every misconfiguration an :class:`OptionError`

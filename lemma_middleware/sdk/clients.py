@@ -174,7 +174,10 @@ def set_batching(
 
 
 def _live_clients() -> list[Langfuse]:
-    return [o for o in gc.get_objects() if isinstance(o, Langfuse)]
+    """Every Langfuse client alive. By ``type()``, never ``isinstance``: that asks an object
+    its ``__class__``, which a lazy proxy (Django's ``LazyObject``, e.g. the static files
+    storage) answers by building what it stands for."""
+    return [o for o in gc.get_objects() if issubclass(type(o), Langfuse)]
 
 
 def mask_clients(public_key: str, mask: Callable[..., Any]) -> int:

@@ -1,0 +1,17 @@
+"""The support agent's routes."""
+
+from django.urls import path
+
+from examples.django_app import views
+
+urlpatterns = [
+    path("login", views.login_view),
+    path("chat/<str:thread_id>", views.chat),
+    path("achat/<str:thread_id>", views.achat),
+    path("api/chat", views.ApiChat.as_view()),
+    path("stream", views.stream),
+    path("astream", views.astream),
+    path("file", views.file),
+    path("fail", views.fail),
+    path("afail", views.afail),
+]

@@ -1,0 +1,440 @@
+"""Django: one middleware for WSGI and ASGI Django, listed first in ``settings.MIDDLEWARE``.
+
+``lemma_middleware.django.LemmaMiddleware`` is a Django middleware (``get_response``), sync
+and async capable: under ASGI it is a coroutine and runs in the request's task (no thread
+hop); under WSGI it is a plain function. Options come from settings, ``LEMMA_<OPTION>``, the
+names :class:`~lemma_middleware.LemmaFlask` reads from ``app.config``.
+
+What it learns from Django:
+
+* **The user.** ``request.user`` as any auth backend sets it (session,
+  ``RemoteUserMiddleware``, custom), and the user Django REST framework authenticates in
+  the view (DRF assigns it to the Django request). While the request runs, only a user
+  already loaded is read (a lazy ``request.user`` nobody evaluated is left alone: no query
+  from inside the app's code, none in async code). When the view has returned, a user not
+  loaded yet is loaded once: ``await request.auser()`` under ASGI, ``request.user`` under
+  WSGI. Recorded: the user's primary key (``pk``), or the attribute setting
+  ``LEMMA_USER_ID_FIELD`` names (``"username"``, ``"email"``, ...).
+* **The route:** ``request.resolver_match.route`` as urls.py declares it
+  (``chat/<str:thread_id>``; a ``re_path`` gives its pattern), in the metadata key every
+  adapter uses.
+* **View exceptions** (``process_exception``): recorded as ``ERROR`` with ``Type: message``
+  although Django answers them with a 500 page.
+* **The request body as Django reads it**: the request's stream is teed (no second read);
+  a failed request's unread body is read afterwards, as the other adapters do.
+* **Responses:** a plain response's content is recorded and the root ends as the response
+  leaves the middleware; a ``StreamingHttpResponse`` (sync or async iterator) is recorded
+  chunk by chunk, each chunk produced inside the request's context, and the root ends at
+  the last chunk or at ``close()``; a ``FileResponse``'s content is not recorded (and its
+  file is still sent with the server's ``wsgi.file_wrapper``).
+
+Checks (``manage.py check``, and at start-up): the options (``lemma_middleware.E001``), the
+position in ``MIDDLEWARE`` (``E002``: it must be first, so that every other middleware's
+work and responses are inside the trace), and ``LEMMA_`` settings that are no option
+(``W001``). An error fails start-up with ``ImproperlyConfigured`` unless it is listed in
+``SILENCED_SYSTEM_CHECKS``.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from typing import Any
+
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.conf import settings
+from django.core import checks
+from django.core.exceptions import ImproperlyConfigured
+from django.http import FileResponse, HttpRequest, HttpResponseBase
+from django.utils.functional import LazyObject, empty
+from django.utils.module_loading import import_string
+
+from lemma_middleware.adapters.tracing import Tracing
+from lemma_middleware.adapters.wsgi import EnvironHeaders, TeeInput
+from lemma_middleware.core.logs import UNTRACED, contained, logger
+from lemma_middleware.core.options import (
+    CONFIG_PREFIX,
+    OPTION_NAMES,
+    OptionError,
+    compile_options,
+    config_name,
+    options_from_config,
+)
+from lemma_middleware.core.recording import Exchange, RequestInfo
+from lemma_middleware.request.trace import RequestTrace
+
+MIDDLEWARE_PATH = "lemma_middleware.django.LemmaMiddleware"
+USER_ID_FIELD = "LEMMA_USER_ID_FIELD"
+"""The Django setting naming the user attribute recorded as the user id (default ``pk``)."""
+_DJANGO_SETTINGS = {USER_ID_FIELD}
+
+
+def _settings_options() -> dict[str, Any]:
+    return options_from_config(
+        {name: getattr(settings, name) for name in dir(settings) if name.startswith("LEMMA_")}
+    )
+
+
+# checks --------------------------------------------------------------------------------
+
+
+def lemma_checks(app_configs: object = None, **kwargs: object) -> list[checks.CheckMessage]:
+    """The middleware's system checks (registered when ``lemma_middleware.django`` is
+    imported: list it in ``INSTALLED_APPS`` for ``manage.py check`` to run them)."""
+    middleware = list(getattr(settings, "MIDDLEWARE", None) or [])
+    listed = [entry for entry in middleware if _is_lemma(entry)]
+    if not listed:
+        return []
+    found: list[checks.CheckMessage] = []
+    try:
+        compile_options(_settings_options())
+    except OptionError as error:
+        found.append(
+            checks.Error(
+                f"lemma_middleware: invalid configuration: {error}",
+                hint="Settings LEMMA_<OPTION> set the middleware's options (see the README).",
+                id="lemma_middleware.E001",
+            )
+        )
+    if not _is_lemma(middleware[0]):
+        found.append(
+            checks.Error(
+                f"{MIDDLEWARE_PATH} is not first in MIDDLEWARE (it is at position "
+                f"{middleware.index(listed[0]) + 1}): the middleware before it run outside "
+                "the trace, and what they answer is not recorded",
+                hint="Move it to the top of settings.MIDDLEWARE.",
+                id="lemma_middleware.E002",
+            )
+        )
+    known = {config_name(name) for name in OPTION_NAMES} | _DJANGO_SETTINGS
+    for name in sorted(dir(settings)):
+        if name.startswith(CONFIG_PREFIX) and name not in known:
+            found.append(
+                checks.Warning(
+                    f"setting {name} is not a lemma_middleware option and is ignored",
+                    hint="The options are LEMMA_ + an option name in capitals "
+                    "(LEMMA_AGENT_NAME, LEMMA_THREAD_HEADER, ...); LEMMA_API_KEY and "
+                    "the other LEMMA_* environment variables are read from the environment.",
+                    id="lemma_middleware.W001",
+                )
+            )
+    return found
+
+
+def _is_lemma(entry: str) -> bool:
+    if entry == MIDDLEWARE_PATH:
+        return True
+    try:
+        imported = import_string(entry)
+    except ImportError:
+        return False
+    return isinstance(imported, type) and issubclass(imported, LemmaMiddleware)
+
+
+def _fail_on_check_errors() -> None:
+    silenced = set(getattr(settings, "SILENCED_SYSTEM_CHECKS", ()))
+    for message in lemma_checks():
+        if message.id in silenced:
+            continue
+        if message.is_serious():
+            raise ImproperlyConfigured(f"{message.msg} ({message.id}). {message.hint}")
+        logger.warning("lemma_middleware: %s (%s)", message.msg, message.id)
+
+
+# the user ------------------------------------------------------------------------------
+
+
+def loaded_user(request: HttpRequest) -> object:
+    """``request.user`` if it is loaded: set by DRF or a custom middleware, or the lazy
+    user of ``AuthenticationMiddleware`` once evaluated (``request.user`` or ``auser()``).
+    Never loads it."""
+    user = request.__dict__.get("user")
+    if isinstance(user, LazyObject):
+        wrapped = user._wrapped  # the object, once the lazy user was evaluated
+        if wrapped is empty:
+            return request.__dict__.get("_cached_user") or request.__dict__.get("_acached_user")
+        return wrapped
+    return user
+
+
+def user_id(user: object, field: str) -> str | None:
+    """The id recorded for an authenticated Django user (``field``: ``pk`` or another
+    attribute); None for anonymous users and objects that are no user."""
+    if user is None or not getattr(user, "is_authenticated", False):
+        return None
+    value = getattr(user, field, None)
+    return None if value is None or value == "" else str(value)
+
+
+def _user_unloaded(request: HttpRequest) -> bool:
+    return "user" in request.__dict__ and loaded_user(request) is None
+
+
+# one request ---------------------------------------------------------------------------
+
+
+class DjangoExchange(Exchange):
+    """One traced Django request: the teed body, the trace, the response's recording."""
+
+    __slots__ = ("django_request", "request_info", "trace", "trace_id_header")
+
+    def __init__(self, tracing: Tracing, request: HttpRequest, user_field: str) -> None:
+        super().__init__(tracing.options)
+        self.django_request = request
+        self.trace_id_header = tracing.options.trace_id_header
+        self.trace: RequestTrace | None = None
+        stream = getattr(request, "_stream", None)  # what request.body/read()/POST read
+        if self.request_body is not None and stream is not None:
+            request._stream = TeeInput(stream, self.request_body)  # type: ignore[assignment]
+
+        def auth_user() -> str | None:
+            return user_id(loaded_user(request), user_field)
+
+        meta = request.META
+        self.request_info = RequestInfo(
+            method=request.method or "GET",
+            path=request.path_info or "/",
+            query_string=meta.get("QUERY_STRING", ""),
+            headers=EnvironHeaders(meta),
+            request=request,
+            auth_user=auth_user,
+            client=meta.get("REMOTE_ADDR"),
+        )
+
+    def respond(self, response: HttpResponseBase) -> HttpResponseBase:
+        """Record the response: a plain one ends the trace now, a streaming one when its
+        last chunk is sent or it is closed."""
+        trace = self.trace
+        assert trace is not None
+        request = self.django_request
+        with contained("reading the response", "the response is sent as it is"):
+            self.response_started(response.status_code, response.items())
+            if self.trace_id_header is not None:
+                response[self.trace_id_header.decode("latin-1")] = trace.trace_id
+            match = request.resolver_match
+            self.route = match.route if match is not None else None
+        trace.sync_auth_user(last_chance=True)
+        if not response.streaming:
+            if self.response_body is not None:
+                self.response_body.feed(response.content)  # type: ignore[attr-defined]
+            self.completed_at = time.time_ns()
+            self.finish()
+            return response
+        with contained("wrapping the streamed response", "its content is not recorded"):
+            if isinstance(response, FileResponse):
+                self.response_body = None  # a file: sent as it is, not recorded
+            if getattr(response, "file_to_stream", None) is None:
+                chunks: Any = response.streaming_content  # type: ignore[attr-defined]
+                traced = _AsyncChunks if response.is_async else _SyncChunks  # type: ignore[attr-defined]
+                response.streaming_content = traced(self, chunks)  # type: ignore[attr-defined]
+        close = response.close
+
+        def traced_close() -> None:
+            try:
+                close()
+            finally:
+                self.disconnected = self.completed_at is None
+                self.finish()
+
+        response.close = traced_close  # type: ignore[method-assign]
+        return response
+
+    def finish(self, error: BaseException | None = None) -> None:
+        """End the trace (once); a failed request's unread body is read first."""
+        trace = self.trace
+        assert trace is not None
+        if trace.finished:
+            return
+        stream = getattr(self.django_request, "_stream", None)
+        wanted = self.unread_body_wanted(trace.request.headers, error)
+        if wanted and isinstance(stream, TeeInput):
+            try:
+                stream.read(wanted)
+            except Exception:  # a client gone: record without it
+                logger.debug("lemma_middleware: unread request body not read", exc_info=True)
+        trace.finish(self, error)
+        trace.release()
+
+
+class _SyncChunks:
+    """A streamed response's sync iterator, each chunk produced in the request's context."""
+
+    def __init__(self, exchange: DjangoExchange, chunks: Iterable[bytes]) -> None:
+        self._exchange = exchange
+        self._iterator = iter(chunks)
+        trace = exchange.trace
+        assert trace is not None
+        self._context = contextvars.copy_context()
+        self._context.run(trace.activate)  # for the context's life: never undone
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        exchange = self._exchange
+        try:
+            chunk = self._context.run(next, self._iterator)
+        except StopIteration:
+            exchange.completed_at = time.time_ns()
+            exchange.finish()
+            raise
+        except BaseException as error:
+            exchange.finish(error)
+            raise
+        if exchange.response_body is not None:
+            exchange.response_body.feed(chunk)
+        return chunk
+
+    def close(self) -> None:
+        close = getattr(self._iterator, "close", None)
+        if close is not None:
+            self._context.run(close)
+
+
+class _AsyncChunks:
+    """A streamed response's async iterator, each chunk awaited in the request's context."""
+
+    def __init__(self, exchange: DjangoExchange, chunks: AsyncIterator[bytes]) -> None:
+        self._exchange = exchange
+        self._iterator = aiter(chunks)
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self
+
+    async def __anext__(self) -> bytes:
+        exchange = self._exchange
+        trace = exchange.trace
+        assert trace is not None
+        token = trace.activate()
+        try:
+            chunk = await anext(self._iterator)
+        except StopAsyncIteration:
+            exchange.completed_at = time.time_ns()
+            exchange.finish()
+            raise
+        except BaseException as error:
+            exchange.finish(error)
+            raise
+        finally:
+            trace.deactivate(token)
+        if exchange.response_body is not None:
+            exchange.response_body.feed(chunk)
+        return chunk
+
+    async def aclose(self) -> None:
+        aclose = getattr(self._iterator, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+# the middleware ------------------------------------------------------------------------
+
+GetResponse = Callable[[HttpRequest], Any]
+
+
+class LemmaMiddleware:
+    """Traces every request to a Django project as one Lemma/Langfuse trace; list it
+    first in ``settings.MIDDLEWARE`` as ``"lemma_middleware.django.LemmaMiddleware"``."""
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: GetResponse) -> None:
+        self.get_response = get_response
+        self.is_async = iscoroutinefunction(get_response)
+        if self.is_async:
+            markcoroutinefunction(self)
+            self.process_view = self._process_view_async  # type: ignore[method-assign,assignment]
+        _fail_on_check_errors()
+        try:
+            self.tracing = Tracing(**_settings_options())
+        except OptionError as error:
+            message = f"lemma_middleware: invalid configuration: {error}"
+            raise ImproperlyConfigured(message) from None
+        self.user_field = str(getattr(settings, USER_ID_FIELD, None) or "pk")
+
+    def __call__(self, request: HttpRequest) -> Any:
+        if self.is_async:
+            return self._call_async(request)
+        exchange = self._exchange(request)
+        if exchange is None:
+            return self.get_response(request)
+        trace = exchange.trace = self.tracing.start(exchange.request_info)
+        if trace is None:
+            return self.get_response(request)
+        token = trace.activate()
+        try:
+            response = self.get_response(request)
+        except BaseException as error:
+            trace.deactivate(token)
+            exchange.finish(error)
+            raise
+        trace.deactivate(token)
+        if _user_unloaded(request):  # the view did not look: load it once (sync, WSGI)
+            with contained("loading request.user", "the trace has no user"):
+                _ = request.user.is_authenticated
+        return exchange.respond(response)
+
+    async def _call_async(self, request: HttpRequest) -> Any:
+        get_response: Callable[[HttpRequest], Awaitable[Any]] = self.get_response
+        exchange = self._exchange(request)
+        if exchange is None:
+            return await get_response(request)
+        tracing = self.tracing
+        if tracing.awaits_callables:
+            trace = await tracing.start_async(exchange.request_info)
+        else:
+            trace = tracing.start(exchange.request_info)
+        exchange.trace = trace
+        if trace is None:
+            return await get_response(request)
+        token = trace.activate()
+        try:
+            response = await get_response(request)
+        except BaseException as error:
+            trace.deactivate(token)
+            exchange.finish(error)
+            raise
+        trace.deactivate(token)
+        auser = getattr(request, "auser", None)
+        if auser is not None and _user_unloaded(request):  # loaded without blocking
+            with contained("loading request.auser()", "the trace has no user"):
+                await auser()
+        return exchange.respond(response)
+
+    def _exchange(self, request: HttpRequest) -> DjangoExchange | None:
+        tracing = self.tracing
+        if not tracing.enabled or tracing.is_excluded(request.method or "GET", request.path_info):
+            return None
+        exchange = None
+        with contained("starting the trace", UNTRACED):
+            exchange = DjangoExchange(tracing, request, self.user_field)
+            request.lemma_exchange = exchange  # type: ignore[attr-defined]
+        return exchange
+
+    def process_view(self, request: HttpRequest, *view: object) -> None:
+        """Load the user before the view runs (``request.user`` is set by then), so that the
+        root and every span the view makes carry it (one query for a session user)."""
+        exchange = getattr(request, "lemma_exchange", None)
+        if isinstance(exchange, DjangoExchange) and exchange.trace is not None:
+            if _user_unloaded(request):
+                with contained("loading request.user", "the trace has no user"):
+                    _ = request.user.is_authenticated
+            exchange.trace.sync_auth_user()
+
+    async def _process_view_async(self, request: HttpRequest, *view: object) -> None:
+        exchange = getattr(request, "lemma_exchange", None)
+        if isinstance(exchange, DjangoExchange) and exchange.trace is not None:
+            auser = getattr(request, "auser", None)
+            if auser is not None and _user_unloaded(request):  # loaded without blocking
+                with contained("loading request.auser()", "the trace has no user"):
+                    await auser()
+            exchange.trace.sync_auth_user()
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> None:
+        """Note a view's exception (Django answers it with a 500 page). Django calls every
+        ``process_exception`` synchronously (under ASGI in a thread): on exceptions only."""
+        exchange = getattr(request, "lemma_exchange", None)
+        if isinstance(exchange, DjangoExchange) and exchange.trace is not None:
+            exchange.trace.record_exception(exception)

@@ -1,0 +1,284 @@
+"""Django (issue 23), in-process: ``lemma_middleware.django.LemmaMiddleware`` first in
+``MIDDLEWARE`` of the example project (examples/django_app: sessions, auth, Django REST
+framework, a real SQLite database), driven by Django's test ``Client`` (the sync, WSGI
+chain) and ``AsyncClient`` (the async, ASGI chain). The served tests (gunicorn, uvicorn)
+are in tests/test_django_served.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+django = pytest.importorskip("django", reason="Django is not installed")
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "examples.django_app.settings")
+os.environ.setdefault("DJANGO_DB", os.path.join(tempfile.mkdtemp(), "db.sqlite3"))
+django.setup()
+
+from django.contrib.auth.models import User  # noqa: E402
+from django.core.exceptions import ImproperlyConfigured  # noqa: E402
+from django.core.management import call_command  # noqa: E402
+from django.test import AsyncClient, Client, override_settings  # noqa: E402
+from opentelemetry.sdk.trace import ReadableSpan  # noqa: E402
+from rest_framework.authtoken.models import Token  # noqa: E402
+
+from lemma_middleware.django import LemmaMiddleware, lemma_checks  # noqa: E402
+from lemma_middleware.testing.plugin import TraceCapture  # noqa: E402
+
+from .helpers import Captured  # noqa: E402
+
+META = "langfuse.trace.metadata."
+HEADERS = {"x-conversation-id": "conv-42", "x-tenant-id": "acme"}
+
+
+@pytest.fixture(scope="module")
+def database() -> None:
+    call_command("migrate", verbosity=0)
+    for name in ("alice", "bob"):
+        if not User.objects.filter(username=name).exists():
+            user = User.objects.create_user(name, password=f"{name}-password")
+            Token.objects.create(user=user, key=f"token-{name}")
+
+
+@pytest.fixture
+def traced(captured: Captured, database: None) -> Iterator[Captured]:
+    """The example project exporting to ``captured``."""
+    with override_settings(LEMMA_LANGFUSE=captured.client):
+        yield captured
+
+
+def post(client: Client | AsyncClient, path: str, body: Any = None, **headers: str) -> Any:
+    return client.post(
+        path, json.dumps(body or {"message": "hello"}), content_type="application/json",
+        headers=HEADERS | headers,
+    )  # fmt: skip
+
+
+def root_of(captured: TraceCapture) -> ReadableSpan:
+    return captured.root()
+
+
+def children_named(captured: TraceCapture, root: ReadableSpan) -> dict[str, ReadableSpan]:
+    return {child.name: child for child in captured.children(root)}
+
+
+# the trace ----------------------------------------------------------------------------
+
+
+def test_a_sync_view_is_one_trace_with_thread_route_input_output_and_session_user(
+    traced: Captured,
+) -> None:
+    client = Client()
+    client.force_login(User.objects.get(username="alice"))
+    response = post(client, "/chat/t-18851")
+    assert response.status_code == 200
+    root = root_of(traced)
+    a = root.attributes
+    assert root.name == "support-agent"
+    assert a["session.id"] == "conv-42" and a["app.tenant.id"] == "acme"
+    assert a["user.id"] == "alice"  # the view never read request.user: loaded after it
+    assert json.loads(a[META + "http.route"]) == "chat/<str:thread_id>"
+    assert json.loads(a["langfuse.trace.input"]) == {"message": "hello"}
+    assert json.loads(a["langfuse.trace.output"])["thread"] == "t-18851"
+    assert response.headers["x-trace-id"] == format(root.context.trace_id, "032x")
+    llm = children_named(traced, root)["fake-llm"]
+    assert llm.parent is not None and llm.parent.span_id == root.context.span_id
+    assert llm.attributes["session.id"] == "conv-42"
+    traced.assert_conformant()
+
+
+async def test_an_async_view_reads_the_user_without_blocking_and_children_carry_it(
+    traced: Captured,
+) -> None:
+    client = AsyncClient()
+    await client.aforce_login(await User.objects.aget(username="bob"))
+    response = await post(client, "/achat/t-1")
+    assert response.status_code == 200 and response.json()["user"] == "bob"
+    root = root_of(traced)
+    assert root.attributes["user.id"] == "bob"
+    assert json.loads(root.attributes[META + "http.route"]) == "achat/<str:thread_id>"
+    llm = children_named(traced, root)["fake-llm"]
+    assert llm.attributes["user.id"] == "bob"  # made after the view loaded the user
+
+
+async def test_an_async_request_is_served_in_the_requests_task_without_a_thread_hop(
+    traced: Captured,
+) -> None:
+    """Under the async chain the middleware is a coroutine function (Django calls it
+    without sync_to_async)."""
+    from asgiref.sync import iscoroutinefunction
+
+    async def get_response(request: Any) -> Any:
+        raise AssertionError("not called")
+
+    assert iscoroutinefunction(LemmaMiddleware(get_response))
+    assert not iscoroutinefunction(LemmaMiddleware(lambda request: None))
+
+
+def assert_drf_user_everywhere(captured: Captured, response: Any) -> None:
+    assert response.status_code == 200, response.content
+    root = root_of(captured)
+    assert root.attributes["user.id"] == "alice"
+    assert json.loads(root.attributes[META + "http.route"]) == "api/chat"
+    llm = children_named(captured, root)["fake-llm"]
+    assert llm.attributes["user.id"] == "alice"  # made after DRF authenticated
+
+
+def test_the_user_django_rest_framework_authenticates_is_on_the_root_and_children(
+    traced: Captured,
+) -> None:
+    assert_drf_user_everywhere(
+        traced, post(Client(), "/api/chat", authorization="Token token-alice")
+    )
+
+
+async def test_the_user_django_rest_framework_authenticates_under_asgi(traced: Captured) -> None:
+    response = await post(AsyncClient(), "/api/chat", authorization="Token token-alice")
+    assert_drf_user_everywhere(traced, response)
+
+
+def test_an_anonymous_request_has_no_user(traced: Captured) -> None:
+    post(Client(), "/chat/t-2")
+    assert "user.id" not in root_of(traced).attributes
+
+
+def test_the_user_id_field_setting_picks_what_is_recorded(traced: Captured) -> None:
+    client = Client()
+    alice = User.objects.get(username="alice")
+    client.force_login(alice)
+    with override_settings(LEMMA_USER_ID_FIELD="pk"):
+        post(client, "/chat/t-3")
+    assert root_of(traced).attributes["user.id"] == str(alice.pk)
+
+
+@pytest.mark.parametrize(
+    ("asynchronous", "path", "message"),
+    [
+        (False, "/fail", "RuntimeError: the knowledge base is unreachable"),
+        (True, "/afail", "RuntimeError: the async knowledge base is unreachable"),
+    ],
+    ids=["sync", "async"],
+)
+async def test_a_view_exception_is_an_error_naming_it_although_django_answers_500(
+    traced: Captured, asynchronous: bool, path: str, message: str
+) -> None:
+    client = AsyncClient(raise_request_exception=False) if asynchronous else None
+    if client is None:
+        response = post(Client(raise_request_exception=False), path)
+    else:
+        response = await post(client, path)
+    assert response.status_code == 500
+    a = root_of(traced).attributes
+    assert a["langfuse.observation.level"] == "ERROR"
+    assert a["langfuse.observation.status_message"] == message
+    assert json.loads(a["langfuse.trace.input"]) == {"message": "hello"}
+
+
+# streaming and files -------------------------------------------------------------------
+
+
+def test_a_sync_stream_is_recorded_and_its_root_ends_after_the_last_chunk(
+    traced: Captured,
+) -> None:
+    response = post(Client(), "/stream")
+    assert traced.spans() == []  # not sent yet: the root is open
+    body = b"".join(response.streaming_content)
+    response.close()
+    root = root_of(traced)
+    assert body.startswith(b"data: You") and body.endswith(b"\n\n")
+    assert root.attributes["langfuse.trace.output"]
+    llm = children_named(traced, root)["fake-llm"]  # the model ran while streaming
+    assert llm.end_time is not None and root.end_time is not None
+    assert llm.end_time <= root.end_time
+
+
+async def test_an_async_stream_is_recorded_and_ends_after_the_last_chunk(
+    traced: Captured,
+) -> None:
+    response = await post(AsyncClient(), "/astream")
+    chunks = [chunk async for chunk in response.streaming_content]
+    root = root_of(traced)
+    assert len(chunks) > 3
+    assert "You said" in root.attributes["langfuse.trace.output"]
+    assert "fake-llm" in children_named(traced, root)
+
+
+def test_a_stream_closed_early_ends_the_root_in_close(traced: Captured) -> None:
+    response = post(Client(), "/stream")
+    next(iter(response.streaming_content))
+    response.close()
+    root = root_of(traced)
+    assert root.end_time is not None
+    assert json.loads(root.attributes[META + "http.status_code"]) == 200
+
+
+def test_a_file_response_is_sent_whole_and_not_recorded(traced: Captured) -> None:
+    response = Client().get("/file")
+    assert b"".join(response.streaming_content) == b"%PDF-1.4 a report\n" * 100
+    response.close()
+    root = root_of(traced)
+    assert "PDF-1.4" not in root.attributes.get("langfuse.trace.output", "")
+
+
+def test_the_body_is_teed_as_django_reads_it(traced: Captured) -> None:
+    """DRF parses the body through the request's stream: the view gets all of it, the
+    root records it."""
+    big = {"message": "x" * 50_000}
+    response = post(Client(), "/api/chat", big, authorization="Token token-bob")
+    assert response.status_code == 200
+    assert json.loads(root_of(traced).attributes["langfuse.trace.input"]) == big
+
+
+# configuration and checks ---------------------------------------------------------------
+
+
+def test_options_come_from_lemma_settings(traced: Captured) -> None:
+    with override_settings(LEMMA_AGENT_NAME="billing-agent", LEMMA_THREAD_HEADER="x-chat"):
+        post(Client(), "/chat/t-4", **{"x-chat": "chat-9"})
+    root = root_of(traced)
+    assert root.name == "billing-agent"
+    assert root.attributes["session.id"] == "chat-9"
+
+
+def test_checks_report_bad_options_position_and_unknown_settings(database: None) -> None:
+    middleware = [
+        "django.contrib.sessions.middleware.SessionMiddleware",
+        "lemma_middleware.django.LemmaMiddleware",
+    ]
+    with override_settings(MIDDLEWARE=middleware, LEMMA_SAMPLE_RATE=7, LEMMA_THREAD_HEADR="x"):
+        found = {message.id: message for message in lemma_checks()}
+        assert set(found) == {
+            "lemma_middleware.E001", "lemma_middleware.E002", "lemma_middleware.W001"
+        }  # fmt: skip
+        assert "sample_rate" in found["lemma_middleware.E001"].msg
+        assert "position 2" in found["lemma_middleware.E002"].msg
+        assert "LEMMA_THREAD_HEADR" in found["lemma_middleware.W001"].msg
+        with pytest.raises(ImproperlyConfigured, match="sample_rate"):
+            LemmaMiddleware(lambda request: None)
+
+
+def test_a_wrong_position_fails_start_up_unless_silenced(captured: Captured) -> None:
+    middleware = [
+        "django.middleware.common.CommonMiddleware",
+        "lemma_middleware.django.LemmaMiddleware",
+    ]
+    with override_settings(MIDDLEWARE=middleware, LEMMA_LANGFUSE=captured.client):
+        with pytest.raises(ImproperlyConfigured, match="not first in MIDDLEWARE"):
+            LemmaMiddleware(lambda request: None)
+        with override_settings(SILENCED_SYSTEM_CHECKS=["lemma_middleware.E002"]):
+            LemmaMiddleware(lambda request: None)
+
+
+def test_manage_py_check_runs_the_checks(database: None) -> None:
+    from django.core.management.base import SystemCheckError
+
+    with (
+        override_settings(LEMMA_SAMPLE_RATE="often"),
+        pytest.raises(SystemCheckError, match=r"lemma_middleware\.E001"),
+    ):
+        call_command("check")
+    call_command("check")
