@@ -199,11 +199,10 @@ fuzz = settings(
 # ASGI ------------------------------------------------------------------------------------
 
 
-async def call_asgi(app: Any, request: dict[str, Any]) -> tuple[list[dict[str, Any]], Any]:
-    """Every message the app sent and the exception that escaped, if any."""
+def asgi_scope(request: dict[str, Any]) -> dict[str, Any]:
+    """The HTTP scope of a generated request."""
     body = request["body"]
-    chunks = [body[: len(body) // 2], body[len(body) // 2 :]]
-    scope = {
+    return {
         "type": "http",
         "asgi": {"version": "3.0"},
         "http_version": "1.1",
@@ -217,6 +216,13 @@ async def call_asgi(app: Any, request: dict[str, Any]) -> tuple[list[dict[str, A
         "client": ("127.0.0.1", 5000),
         "server": ("testserver", 80),
     }
+
+
+async def call_asgi(app: Any, request: dict[str, Any]) -> tuple[list[dict[str, Any]], Any]:
+    """Every message the app sent and the exception that escaped, if any."""
+    body = request["body"]
+    chunks = [body[: len(body) // 2], body[len(body) // 2 :]]
+    scope = asgi_scope(request)
 
     async def receive() -> dict[str, Any]:
         if chunks:
@@ -272,8 +278,8 @@ def test_any_request_through_the_asgi_adapter(capture: TraceCapture) -> None:
 # WSGI ------------------------------------------------------------------------------------
 
 
-def call_wsgi(app: Any, request: dict[str, Any]) -> tuple[Any, Any]:
-    """(status, headers, body) as a server sees it, and the exception that escaped."""
+def wsgi_environ(request: dict[str, Any]) -> dict[str, Any]:
+    """The WSGI environ of a generated request."""
     body = request["body"]
     environ: dict[str, Any] = {
         "REQUEST_METHOD": request["method"],
@@ -298,6 +304,12 @@ def call_wsgi(app: Any, request: dict[str, Any]) -> tuple[Any, Any]:
         key = key if key == "CONTENT_TYPE" else f"HTTP_{key}"
         text = value.decode("latin-1")
         environ[key] = f"{environ[key]}, {text}" if key in environ else text
+    return environ
+
+
+def call_wsgi(app: Any, request: dict[str, Any]) -> tuple[Any, Any]:
+    """(status, headers, body) as a server sees it, and the exception that escaped."""
+    environ = wsgi_environ(request)
     started: list[Any] = []
 
     def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:

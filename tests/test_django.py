@@ -6,6 +6,8 @@ are in tests/test_django_served.py."""
 
 from __future__ import annotations
 
+import asyncio
+import io
 import json
 import os
 import tempfile
@@ -21,8 +23,12 @@ django.setup()
 
 from django.contrib.auth.models import User  # noqa: E402
 from django.core.exceptions import ImproperlyConfigured  # noqa: E402
+from django.core.handlers.asgi import ASGIRequest  # noqa: E402
+from django.core.handlers.wsgi import WSGIRequest  # noqa: E402
 from django.core.management import call_command  # noqa: E402
+from django.http import HttpRequest, HttpResponse  # noqa: E402
 from django.test import AsyncClient, Client, override_settings  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
 from opentelemetry.sdk.trace import ReadableSpan  # noqa: E402
 from rest_framework.authtoken.models import Token  # noqa: E402
 
@@ -30,6 +36,20 @@ from lemma_middleware.django import LemmaMiddleware, lemma_checks  # noqa: E402
 from lemma_middleware.testing.plugin import TraceCapture  # noqa: E402
 
 from .helpers import Captured  # noqa: E402
+from .test_adapter_fuzz import (  # noqa: E402
+    CASES,
+    answer,
+    asgi_scope,
+    check_exported,
+    fuzz,
+    reads_body,
+    requests,
+    wsgi_environ,
+)
+
+django_fuzz = settings(fuzz, max_examples=max(CASES // 3, 1))
+"""A third of the fuzz suite's cases per Django adapter (each case goes through Django's
+request parsing twice)."""
 
 META = "langfuse.trace.metadata."
 HEADERS = {"x-conversation-id": "conv-42", "x-tenant-id": "acme"}
@@ -231,6 +251,84 @@ def test_the_body_is_teed_as_django_reads_it(traced: Captured) -> None:
     response = post(Client(), "/api/chat", big, authorization="Token token-bob")
     assert response.status_code == 200
     assert json.loads(root_of(traced).attributes["langfuse.trace.input"]) == big
+
+
+# generated requests (the fuzz suite's, through the Django adapter) ------------------------
+
+
+def django_view(request: HttpRequest) -> HttpResponse:
+    """The fuzz suite's bare app as a Django view."""
+    body = request.body if reads_body(request.path_info) else None
+    query = request.META.get("QUERY_STRING", "").encode("latin-1")
+    status, payload = answer(request.method or "GET", request.path_info, query, body)
+    return HttpResponse(payload, status=status, content_type="application/json")
+
+
+async def async_django_view(request: HttpRequest) -> HttpResponse:
+    return django_view(request)
+
+
+def outcome(call: Any) -> Any:
+    """What a Django response says (no x-trace-id), or the exception that escaped."""
+    try:
+        response = call()
+    except Exception as error:
+        return type(error), str(error)
+    headers = [(k, v) for k, v in response.items() if k.lower() != "x-trace-id"]
+    return response.status_code, headers, response.content
+
+
+@pytest.fixture(scope="module")
+def fuzz_capture() -> Iterator[TraceCapture]:
+    traces = TraceCapture()
+    yield traces
+    traces.close()
+
+
+def test_any_request_through_the_sync_django_adapter(fuzz_capture: TraceCapture) -> None:
+    with override_settings(LEMMA_LANGFUSE=fuzz_capture.client, LEMMA_AGENT_NAME="fuzz"):
+        wrapped = LemmaMiddleware(django_view)
+
+    @django_fuzz
+    @given(requests())
+    def one_request(request: dict[str, Any]) -> None:
+        fuzz_capture.clear()
+        expected = outcome(lambda: django_view(WSGIRequest(wsgi_environ(request))))
+        assert outcome(lambda: wrapped(WSGIRequest(wsgi_environ(request)))) == expected
+        traced = not wrapped.tracing.is_excluded(request["method"], request["path"])
+        check_exported(fuzz_capture.spans(), traced)
+
+    one_request()
+
+
+def test_any_request_through_the_async_django_adapter(fuzz_capture: TraceCapture) -> None:
+    with override_settings(LEMMA_LANGFUSE=fuzz_capture.client, LEMMA_AGENT_NAME="fuzz"):
+        wrapped = LemmaMiddleware(async_django_view)
+    loop = asyncio.new_event_loop()
+
+    def asgi_request(request: dict[str, Any]) -> ASGIRequest:
+        return ASGIRequest(asgi_scope(request), io.BytesIO(request["body"]))
+
+    @django_fuzz
+    @given(requests())
+    def one_request(request: dict[str, Any]) -> None:
+        fuzz_capture.clear()
+        try:
+            asgi_request(request)
+        except UnicodeDecodeError:  # Django's ASGIRequest refuses it: no request to trace
+            return
+        expected = outcome(
+            lambda: loop.run_until_complete(async_django_view(asgi_request(request)))
+        )
+        sent = outcome(lambda: loop.run_until_complete(wrapped(asgi_request(request))))
+        assert sent == expected
+        traced = not wrapped.tracing.is_excluded(request["method"], request["path"])
+        check_exported(fuzz_capture.spans(), traced)
+
+    try:
+        one_request()
+    finally:
+        loop.close()
 
 
 # configuration and checks ---------------------------------------------------------------

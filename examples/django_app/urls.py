@@ -5,6 +5,7 @@ from django.urls import path
 from examples.django_app import views
 
 urlpatterns = [
+    path("health", views.health),
     path("login", views.login_view),
     path("chat/<str:thread_id>", views.chat),
     path("achat/<str:thread_id>", views.achat),

@@ -30,6 +30,10 @@ def _message(request: HttpRequest) -> str:
     return str(json.loads(request.body or b"{}").get("message", ""))
 
 
+def health(request: HttpRequest) -> HttpResponse:
+    return HttpResponse("ok")  # not traced (the default excluded paths)
+
+
 @csrf_exempt
 async def login_view(request: HttpRequest) -> HttpResponse:
     """POST username and password (JSON): a session cookie."""
