@@ -33,6 +33,8 @@ from opentelemetry.sdk.trace import ReadableSpan  # noqa: E402
 from rest_framework.authtoken.models import Token  # noqa: E402
 
 from lemma_middleware.django import LemmaMiddleware, lemma_checks  # noqa: E402
+from lemma_middleware.sdk import django_request  # noqa: E402
+from lemma_middleware.sdk.django_request import check_django_internals  # noqa: E402
 from lemma_middleware.testing.plugin import TraceCapture  # noqa: E402
 
 from .helpers import Captured  # noqa: E402
@@ -251,6 +253,34 @@ def test_the_body_is_teed_as_django_reads_it(traced: Captured) -> None:
     response = post(Client(), "/api/chat", big, authorization="Token token-bob")
     assert response.status_code == 200
     assert json.loads(root_of(traced).attributes["langfuse.trace.input"]) == big
+
+
+def test_django_private_request_state_is_where_the_adapter_expects_it() -> None:
+    """The start-up check passes on the installed Django (a failing one is logged, and the
+    public API takes over: the next test)."""
+    assert check_django_internals() == (True, True)
+
+
+@pytest.mark.parametrize("chain", ["sync", "async"])
+def test_without_djangos_private_state_the_user_is_recorded_and_the_body_is_not(
+    traced: Captured, monkeypatch: pytest.MonkeyPatch, chain: str
+) -> None:
+    """Privacy and correctness fail closed: no tee, so no body; the user the middleware
+    loads itself (``request.user`` / ``auser()``) is still on the root and the children."""
+    monkeypatch.setattr(django_request, "check_django_internals", lambda: (False, False))
+    if chain == "sync":
+        client: Any = Client()
+        client.force_login(User.objects.get(username="alice"))
+        response = post(client, "/chat/t-2", {"message": "a secret body"})
+    else:
+        client = AsyncClient()
+        asyncio.run(client.aforce_login(User.objects.get(username="alice")))
+        response = asyncio.run(post(client, "/achat/t-2", {"message": "a secret body"}))
+    assert response.status_code == 200
+    root = root_of(traced)
+    assert root.attributes["user.id"] == "alice"
+    assert "a secret body" not in root.attributes.get("langfuse.trace.input", "")
+    assert all(c.attributes.get("user.id") == "alice" for c in traced.children(root))
 
 
 # generated requests (the fuzz suite's, through the Django adapter) ------------------------

@@ -47,7 +47,6 @@ from django.conf import settings
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
 from django.http import FileResponse, HttpRequest, HttpResponseBase
-from django.utils.functional import LazyObject, empty
 from django.utils.module_loading import import_string
 
 from lemma_middleware.adapters.tracing import Tracing
@@ -63,6 +62,12 @@ from lemma_middleware.core.options import (
 )
 from lemma_middleware.core.recording import Exchange, RequestInfo
 from lemma_middleware.request.trace import RequestTrace
+from lemma_middleware.sdk.django_request import (
+    check_django_internals,
+    loaded_user,
+    request_stream,
+    tee_request_stream,
+)
 
 MIDDLEWARE_PATH = "lemma_middleware.django.LemmaMiddleware"
 USER_ID_FIELD = "LEMMA_USER_ID_FIELD"
@@ -145,19 +150,6 @@ def _fail_on_check_errors() -> None:
 # the user ------------------------------------------------------------------------------
 
 
-def loaded_user(request: HttpRequest) -> object:
-    """``request.user`` if it is loaded: set by DRF or a custom middleware, or the lazy
-    user of ``AuthenticationMiddleware`` once evaluated (``request.user`` or ``auser()``).
-    Never loads it."""
-    user = request.__dict__.get("user")
-    if isinstance(user, LazyObject):
-        wrapped = user._wrapped  # the object, once the lazy user was evaluated
-        if wrapped is empty:
-            return request.__dict__.get("_cached_user") or request.__dict__.get("_acached_user")
-        return wrapped
-    return user
-
-
 def user_id(user: object, field: str) -> str | None:
     """The id recorded for an authenticated Django user (``field``: ``pk`` or another
     attribute); None for anonymous users and objects that are no user."""
@@ -167,29 +159,26 @@ def user_id(user: object, field: str) -> str | None:
     return None if value is None or value == "" else str(value)
 
 
-def _user_unloaded(request: HttpRequest) -> bool:
-    return "user" in request.__dict__ and loaded_user(request) is None
-
-
 # one request ---------------------------------------------------------------------------
 
 
 class DjangoExchange(Exchange):
     """One traced Django request: the teed body, the trace, the response's recording."""
 
-    __slots__ = ("django_request", "request_info", "trace", "trace_id_header")
+    __slots__ = ("django_request", "loaded_user", "request_info", "trace", "trace_id_header")
 
     def __init__(self, tracing: Tracing, request: HttpRequest, user_field: str) -> None:
         super().__init__(tracing.options)
         self.django_request = request
         self.trace_id_header = tracing.options.trace_id_header
         self.trace: RequestTrace | None = None
-        stream = getattr(request, "_stream", None)  # what request.body/read()/POST read
-        if self.request_body is not None and stream is not None:
-            request._stream = TeeInput(stream, self.request_body)  # type: ignore[assignment]
+        self.loaded_user: object = None  # the user this middleware loaded
+        body = self.request_body
+        if body is not None and not tee_request_stream(request, lambda s: TeeInput(s, body)):
+            self.request_body = None  # not readable as the app reads it: not recorded
 
         def auth_user() -> str | None:
-            return user_id(loaded_user(request), user_field)
+            return user_id(loaded_user(request) or self.loaded_user, user_field)
 
         meta = request.META
         self.request_info = RequestInfo(
@@ -201,6 +190,27 @@ class DjangoExchange(Exchange):
             auth_user=auth_user,
             client=meta.get("REMOTE_ADDR"),
         )
+
+    def user_unloaded(self) -> bool:
+        """Whether ``request.user`` is set but nobody has loaded it yet."""
+        request = self.django_request
+        return "user" in vars(request) and (loaded_user(request) or self.loaded_user) is None
+
+    def load_user(self) -> None:
+        """Load a lazy ``request.user`` nobody has loaded (sync: a query in this thread)."""
+        if self.user_unloaded():
+            with contained("loading request.user", "the trace has no user"):
+                user = self.django_request.user
+                _ = user.is_authenticated  # evaluates the lazy object
+                self.loaded_user = user
+
+    async def load_user_async(self) -> None:
+        """Load a lazy ``request.user`` nobody has loaded, without blocking
+        (``await request.auser()``)."""
+        auser = getattr(self.django_request, "auser", None)
+        if auser is not None and self.user_unloaded():
+            with contained("loading request.auser()", "the trace has no user"):
+                self.loaded_user = await auser()
 
     def respond(self, response: HttpResponseBase) -> HttpResponseBase:
         """Record the response: a plain one ends the trace now, a streaming one when its
@@ -246,7 +256,7 @@ class DjangoExchange(Exchange):
         assert trace is not None
         if trace.finished:
             return
-        stream = getattr(self.django_request, "_stream", None)
+        stream = request_stream(self.django_request)
         wanted = self.unread_body_wanted(trace.request.headers, error)
         if wanted and isinstance(stream, TeeInput):
             try:
@@ -347,6 +357,7 @@ class LemmaMiddleware:
             markcoroutinefunction(self)
             self.process_view = self._process_view_async  # type: ignore[method-assign,assignment]
         _fail_on_check_errors()
+        check_django_internals()
         try:
             self.tracing = Tracing(**_settings_options())
         except OptionError as error:
@@ -371,9 +382,7 @@ class LemmaMiddleware:
             exchange.finish(error)
             raise
         trace.deactivate(token)
-        if _user_unloaded(request):  # the view did not look: load it once (sync, WSGI)
-            with contained("loading request.user", "the trace has no user"):
-                _ = request.user.is_authenticated
+        exchange.load_user()  # if the view did not (sync, WSGI)
         return exchange.respond(response)
 
     async def _call_async(self, request: HttpRequest) -> Any:
@@ -397,10 +406,7 @@ class LemmaMiddleware:
             exchange.finish(error)
             raise
         trace.deactivate(token)
-        auser = getattr(request, "auser", None)
-        if auser is not None and _user_unloaded(request):  # loaded without blocking
-            with contained("loading request.auser()", "the trace has no user"):
-                await auser()
+        await exchange.load_user_async()  # if the view did not
         return exchange.respond(response)
 
     def _exchange(self, request: HttpRequest) -> DjangoExchange | None:
@@ -418,18 +424,13 @@ class LemmaMiddleware:
         root and every span the view makes carry it (one query for a session user)."""
         exchange = getattr(request, "lemma_exchange", None)
         if isinstance(exchange, DjangoExchange) and exchange.trace is not None:
-            if _user_unloaded(request):
-                with contained("loading request.user", "the trace has no user"):
-                    _ = request.user.is_authenticated
+            exchange.load_user()
             exchange.trace.sync_auth_user()
 
     async def _process_view_async(self, request: HttpRequest, *view: object) -> None:
         exchange = getattr(request, "lemma_exchange", None)
         if isinstance(exchange, DjangoExchange) and exchange.trace is not None:
-            auser = getattr(request, "auser", None)
-            if auser is not None and _user_unloaded(request):  # loaded without blocking
-                with contained("loading request.auser()", "the trace has no user"):
-                    await auser()
+            await exchange.load_user_async()
             exchange.trace.sync_auth_user()
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> None:

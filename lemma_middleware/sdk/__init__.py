@@ -53,5 +53,11 @@ API's default meter/logger      would receive what it         detached trace (wa
 provider classes, ``Langfuse    records                       fix)
 SpanProcessor._should_export
 _span``
+Django's ``HttpRequest.       teeing the request body as    the Django request body is not
+_stream``                     the app reads it              recorded
+Django's ``LazyObject.        reading a ``request.user``    only the user the middleware loads
+_wrapped``, the request's     the app already loaded        (``request.user`` / ``auser()``,
+``_cached_user``,             (no second load)              public) is recorded
+``_acached_user``
 ==============================  ============================  =====================================
 """
