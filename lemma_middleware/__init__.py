@@ -27,6 +27,7 @@ from lemma_middleware.request.context import (
     outgoing_headers,
     set_input,
     set_output,
+    set_route,
 )
 from lemma_middleware.request.sampling import SamplingStats
 
@@ -52,4 +53,5 @@ __all__ = [
     "resolve_destinations",
     "set_input",
     "set_output",
+    "set_route",
 ]

@@ -10,6 +10,7 @@ from asgiref.compatibility import guarantee_single_callable
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from lemma_middleware.adapters.asgi_frameworks import install_framework_hooks, scope_route
 from lemma_middleware.adapters.tracing import Tracing
 from lemma_middleware.core.logs import UNTRACED, contained, logger
 from lemma_middleware.core.options import OptionError, Options
@@ -25,11 +26,13 @@ class LemmaMiddleware:
     ``app = LemmaMiddleware(app, agent_name="support-agent")``; options are those of
     :meth:`lemma_middleware.options.TracingOptions.compile` (see the README). ASGI 2 apps are
     accepted. WebSocket traffic passes through; on lifespan shutdown pending traces are
-    flushed.
+    flushed. Around a Quart or Falcon app it hooks into the framework for the route
+    (:mod:`~lemma_middleware.adapters.asgi_frameworks`).
     """
 
     def __init__(self, app: ASGIApp, **options: Unpack[Options]) -> None:
         self.app: ASGIApp = guarantee_single_callable(app)  # type: ignore[no-untyped-call]
+        self.framework = install_framework_hooks(app)
         self.tracing: Tracing | None = None
         self.configuration_error: OptionError | None = None
         try:
@@ -159,8 +162,7 @@ class TracedExchange(Exchange):
             raise
         finally:
             trace.deactivate(token)
-            route_path = getattr(scope.get("route"), "path", None)
-            self.route = route_path if isinstance(route_path, str) else None
+            self.route = scope_route(scope)
             wanted = self.unread_body_wanted(trace.request.headers, error)
             if wanted:
                 await self._read_unread_body(wanted)

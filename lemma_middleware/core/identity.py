@@ -248,6 +248,16 @@ class IdentitySources:
         return self._effective
 
 
+def user_id_of(user: object) -> str | None:
+    """The id of whatever the framework's auth context holds: an auth user object (it has
+    ``is_authenticated``: Starlette, Flask-Login), else a plain user (a string such as the
+    WSGI ``REMOTE_USER``, a mapping, an object with ``id``/``user_id``/``username``: the
+    user Litestar's auth middleware puts in ``scope["user"]``)."""
+    if hasattr(user, "is_authenticated"):
+        return user_id_from_auth_user(user)
+    return user_id_from_plain_user(user)
+
+
 def user_id_from_auth_user(user: object) -> str | None:
     """The id of an authenticated user object (Starlette ``request.user``, Flask-Login)."""
     if user is None or not getattr(user, "is_authenticated", False):

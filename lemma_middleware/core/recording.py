@@ -110,14 +110,16 @@ UNREAD_BODY_WAIT = 0.1
 
 
 class Overrides:
-    """What the handler asked to record instead of the bodies (``set_input``/``set_output``)."""
+    """What the handler asked to record instead of the bodies (``set_input``/``set_output``)
+    and instead of the route the adapter found (``set_route``)."""
 
-    __slots__ = ("has_input", "has_output", "input", "output")
+    __slots__ = ("has_input", "has_output", "input", "output", "route")
 
     def __init__(self) -> None:
         self.has_input = self.has_output = False
         self.input: Any = None
         self.output: Any = None
+        self.route: str | None = None
 
     def set_input(self, value: Any) -> None:
         """Record ``value`` as the input."""

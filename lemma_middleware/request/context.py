@@ -62,6 +62,14 @@ def set_output(value: Any) -> None:
         active.overrides.set_output(value)
 
 
+def set_route(template: str) -> None:
+    """Record ``template`` (``/chat/{thread_id}``) as the request's route, instead of what
+    the adapter found (for frameworks whose route the middleware cannot see)."""
+    active = current()
+    if active is not None and isinstance(template, str) and template:
+        active.overrides.route = template
+
+
 def get_trace_id() -> str | None:
     """The 32-hex trace id of the current request, or None outside a traced request."""
     active = current()

@@ -48,7 +48,7 @@ from lemma_middleware.core.identity import (
     first_header,
     identity_from_baggage,
     identity_from_mapping,
-    user_id_from_auth_user,
+    user_id_of,
 )
 from lemma_middleware.core.logs import call_guarded, contained
 from lemma_middleware.core.options import TracingOptions
@@ -202,10 +202,7 @@ class RequestTrace:
         if not self._auth_pending or self.request.auth_user is None:
             return False
         user = call_guarded("auth user lookup", self.request.auth_user)
-        if isinstance(user, str):  # e.g. the WSGI REMOTE_USER
-            user_id: str | None = user or None
-        else:
-            user_id = user_id_from_auth_user(user) if user is not None else None
+        user_id = user_id_of(user)
         if user_id is None:
             return False
         self._auth_pending = False
@@ -299,6 +296,8 @@ class RequestTrace:
             with contained("recording the trace", "the root ends without what failed"):
                 self.sync_auth_user()
                 recorder, error = self.setup.recorder, error or self.handled_error
+                if self.overrides.route is not None:  # set_route() wins over the adapter's
+                    exchange.route = self.overrides.route
                 attributes, failure = recorder.outcome(self.request, exchange, error)
                 if self.sampling is not None:
                     seconds = time.monotonic() - self._started
