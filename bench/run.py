@@ -19,6 +19,7 @@ import argparse
 import os
 import sys
 
+from bench.django_section import django_section
 from bench.inprocess import asgi_section, export_cost_section, wsgi_section
 from bench.memory import memory_section
 from bench.outage import outage_section
@@ -29,7 +30,8 @@ from bench.startup import startup_section
 from bench.targets import Figures, judge
 
 SECTIONS = (
-    "asgi,wsgi,shapes,layers,redaction,sampling,startup,e2e,e2e-history,batching,memory,outage"
+    "asgi,wsgi,django,shapes,layers,redaction,sampling,startup,e2e,e2e-history,batching,"
+    "memory,outage"
 )
 """Every section (``asgi`` includes the export table), in the order they run."""
 
@@ -59,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         export_cost_section(64 if args.smoke else 1024)
     if "wsgi" in sections:
         figures.wsgi = wsgi_section(rounds, per_round)
+    if "django" in sections:
+        figures.django = django_section(rounds, per_round)
     if "shapes" in sections:
         figures.shapes = shapes_section(1 if args.smoke else 5, args.smoke)
     if "layers" in sections:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from bench.django_section import DJANGO_BODIES
+from bench.django_section import Key as DjangoKey
 from bench.inprocess import InProcess
 from bench.outage import Outcome
 from bench.sampling import SAMPLING_BODIES, SamplingCosts
@@ -32,6 +34,7 @@ class Figures:
     history: EndToEnd | None = None
     startup: list[StartUpCost] | None = None
     sampling: SamplingCosts | None = None
+    django: dict[DjangoKey, float] | None = None
 
 
 @dataclass
@@ -141,6 +144,24 @@ def sampling_checks(figures: Figures) -> list[Check]:
     return checks
 
 
+def django_checks(figures: Figures) -> list[Check]:
+    """Issue 23's targets, WSGI and ASGI Django: the middleware's overhead at most
+    OpenTelemetry Django's on the short body, at most 2x it on the history."""
+    checks: list[Check] = []
+    if django := figures.django:
+        for kind in ("wsgi", "asgi"):
+            for shape, allowed in zip(DJANGO_BODIES, (1.0, 2.0), strict=True):
+                bare = django[(kind, shape, Variant.BARE)]
+                ours = django[(kind, shape, Variant.LEMMA)] - bare
+                otel = django[(kind, shape, Variant.OTEL)] - bare
+                checks.append(
+                    Check(f"Django {kind.upper()} {_BODY[shape]}: overhead <= {allowed:g}x OTel",
+                          ours <= allowed * otel,
+                          f"{ours / otel:.2f}x: {ours:.0f} vs {otel:.0f} us over bare")
+                )  # fmt: skip
+    return checks
+
+
 def e2e_checks(e2e: EndToEnd) -> list[Check]:
     """Issue 12's end-to-end targets: throughput, p99, no trace dropped."""
     asgi, wsgi = e2e["asgi"], e2e["wsgi"]
@@ -177,6 +198,7 @@ def judge(figures: Figures) -> list[Check]:
     """Every target the run has figures for, printed (issue 19's first, then issue 12's and
     the hardening issues'); returned as well."""
     checks = shape_checks(figures) + in_process_checks(figures) + sampling_checks(figures)
+    checks += django_checks(figures)
     if figures.e2e:
         checks += e2e_checks(figures.e2e)
     if memory := figures.memory:

@@ -1,8 +1,9 @@
 """The quick-start demo: the local trace inbox (SQLite), the FastAPI support agent under real
-uvicorn and the Flask one under real gunicorn, a scripted conversation against each (two
-users, two threads, three turns each, one streaming turn, one failing turn), then the
-threads, one thread's turns and the contract checker's verdict. No account, no internet.
-With LANGFUSE_PUBLIC_KEY/SECRET_KEY/HOST set, the examples send there instead.
+uvicorn, the Flask one and the Django one (SQLite users, Django REST framework) under real
+gunicorn, a scripted conversation against each (two users, two threads, three turns each,
+one streaming turn, one failing turn), then the threads, one thread's turns and the contract
+checker's verdict. No account, no internet. With LANGFUSE_PUBLIC_KEY/SECRET_KEY/HOST set, the
+examples send there instead.
 
 Run: ``./dev demo`` (or ``python -m examples.demo`` inside the project's venv).
 """
@@ -14,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -114,12 +116,23 @@ SERVERS = [
         start_gunicorn,
         "examples.flask_app.app:app",
     ),
+    (
+        "django",
+        "Django example under gunicorn (SQLite users, Django REST framework tokens)",
+        start_gunicorn,
+        "examples.django_app.wsgi",
+    ),
 ]
 
 
 def run_one(prefix: str, label: str, start: Any, app: str, env: dict[str, str]) -> None:
     """Play the script against one example app, then stop it (which flushes its traces)."""
     print(f"\n== {label}")
+    if prefix == "django":
+        from examples.django_app.database import prepare_database
+
+        env = env | {"DJANGO_DB": str(Path(tempfile.mkdtemp()) / "db.sqlite3")}
+        prepare_database(env)
     server, url = start(app, env)
     try:
         play(url, prefix)

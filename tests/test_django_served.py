@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from examples.demo import ROOT, start_gunicorn, start_uvicorn
+from examples.django_app.database import SETTINGS, prepare_database
 from lemma_middleware.testing.contract import assert_conformant
 from lemma_middleware.testing.records import ReceivedSpan
 
@@ -30,28 +31,10 @@ pytest.importorskip("django", reason="Django is not installed")
 pytest.importorskip("rest_framework", reason="Django REST framework is not installed")
 
 META = "langfuse.trace.metadata."
-SETTINGS = "examples.django_app.settings"
 SERVERS = {
     "gunicorn": lambda env: start_gunicorn("examples.django_app.wsgi", env),
     "uvicorn": lambda env: start_uvicorn("examples.django_app.asgi:application", env),
 }
-
-
-def prepare_database(path: Path, env: dict[str, str]) -> None:
-    """Migrate a fresh SQLite database; users alice and bob, bob with a DRF token."""
-    subprocess.run(
-        [sys.executable, "-m", "django", "migrate", "-v0", "--settings", SETTINGS],
-        env=env, cwd=ROOT, check=True, timeout=120,
-    )  # fmt: skip
-    script = (
-        "import django; django.setup()\n"
-        "from django.contrib.auth.models import User\n"
-        "from rest_framework.authtoken.models import Token\n"
-        "for name in ('alice', 'bob'):\n"
-        "    user = User.objects.create_user(name, password=name + '-password')\n"
-        "    Token.objects.create(user=user, key='token-' + name)\n"
-    )
-    subprocess.run([sys.executable, "-c", script], env=env, cwd=ROOT, check=True, timeout=60)
 
 
 @pytest.fixture(scope="module", params=sorted(SERVERS))
@@ -64,7 +47,7 @@ def served(
         "DJANGO_DB": str(tmp_path_factory.mktemp("django") / "db.sqlite3"),
         "LEMMA_OTLP_ENDPOINT": destination.url,
     }
-    prepare_database(Path(env["DJANGO_DB"]), env)
+    prepare_database(env)
     process, url = SERVERS[request.param](env)
     try:
         yield request.param, url, destination

@@ -69,6 +69,29 @@ class ApiChat(APIView):
         return Response({"user": request.user.get_username(), "answer": fake_llm(message)})
 
 
+class AgentChat(APIView):
+    """The demo's turn (the other examples' ``POST /chat``): a bearer-token user, the fake
+    model; the message ``crash`` fails the turn."""
+
+    permission_classes = (IsAuthenticated,)
+
+    def post(self, request: Request) -> Response:
+        message = str(request.data.get("message", ""))
+        if message == "crash":
+            raise RuntimeError("the knowledge base is unreachable")
+        return Response({"answer": fake_llm(message)})
+
+
+class AgentStream(APIView):
+    """The demo's streamed turn: the answer word by word (server-sent events)."""
+
+    permission_classes = (IsAuthenticated,)
+
+    def post(self, request: Request) -> StreamingHttpResponse:
+        message = str(request.data.get("message", ""))
+        return StreamingHttpResponse(_words(message), content_type="text/event-stream")
+
+
 def _words(message: str) -> Iterator[bytes]:
     for word in fake_llm(message).split(" "):
         yield f"data: {word} \n\n".encode()
