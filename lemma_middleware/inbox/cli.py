@@ -1,6 +1,7 @@
 """``lemma-middleware`` (or ``python -m lemma_middleware``): the local inbox and its views.
 
-lemma-middleware inbox [--port 8787] [--key PK:SK]   receive traces; web view on the same port
+lemma-middleware inbox [--port 8787] [--key PK:SK] [--max-spans N] [--max-age 7d]
+                                                     receive traces; web view on the same port
 lemma-middleware threads [--json]                    list conversations
 lemma-middleware show THREAD_OR_TRACE_ID [--json]    print turns as trees
 lemma-middleware check [--json]                      judge traces; exit 1 on violations, 2 on none
@@ -20,10 +21,17 @@ import json
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from lemma_middleware.core.environment import variable
-from lemma_middleware.inbox.store import DEFAULT_PORT, Inbox, SpanStore, default_db
-from lemma_middleware.inbox.views import render_tree, thread_summaries, turns_of
+from lemma_middleware.inbox.store import (
+    DEFAULT_MAX_SPANS,
+    DEFAULT_PORT,
+    Inbox,
+    SpanStore,
+    default_db,
+)
+from lemma_middleware.inbox.views import ThreadQuery, render_tree
 from lemma_middleware.testing.contract import check_traces
 
 
@@ -43,10 +51,45 @@ def _keys(pairs: Sequence[str]) -> dict[str, str]:
     return keys
 
 
+def _age(text: str) -> float:
+    """``--max-age``: seconds, or a number with ``s``, ``m``, ``h`` or ``d``."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = (text[:-1], text[-1]) if text[-1:] in units else (text, "s")
+    try:
+        seconds = float(number) * units[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not an age: {text!r} (try 3600, 30m, 12h or 7d)"
+        ) from None
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"--max-age must be positive, got {text!r}")
+    return seconds
+
+
+def _default_db_text() -> str:
+    """The default database as a user reads it: the file, with ``~`` for the home folder."""
+    path = default_db()
+    try:
+        return "~/" + str(path.relative_to(Path.home()))
+    except ValueError:
+        return str(path)
+
+
 def _inbox(args: argparse.Namespace) -> int:
     keys = _keys(args.key)
-    inbox = Inbox(args.db, port=args.port, keys=keys, bearer=args.bearer)
+    inbox = Inbox(
+        args.db,
+        port=args.port,
+        keys=keys,
+        bearer=args.bearer,
+        max_spans=args.max_spans,
+        max_age=args.max_age,
+    )
     print(f"lemma-middleware inbox on {inbox.base_url} storing in {args.db}")
+    retention = f"the newest {args.max_spans:,} spans" if args.max_spans else "every span"
+    if args.max_age:
+        retention += f", none older than {args.max_age:g} s"
+    print(f"  keeping {retention}")
     print(f"  web view: {inbox.base_url}/")
     print(f"  export here with LANGFUSE_HOST={inbox.base_url}")
     if not keys and args.bearer is None:
@@ -62,7 +105,8 @@ def _inbox(args: argparse.Namespace) -> int:
 
 
 def _threads(args: argparse.Namespace) -> int:
-    summaries = thread_summaries(SpanStore(args.db).spans())
+    query = ThreadQuery(include_unthreaded=False, limit=None)
+    summaries = SpanStore(args.db, max_spans=None).threads(query)
     if args.json:
         print(json.dumps([s.as_json() for s in summaries], indent=2))
         return 0
@@ -80,7 +124,9 @@ def _threads(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    turns = turns_of(SpanStore(args.db).spans(), args.id)
+    store = SpanStore(args.db, max_spans=None)
+    trace = store.trace(args.id)
+    turns = [trace] if trace else [store.trace(t.trace_id) for t in store.turns(args.id)]
     if not turns:
         print(f"no thread or trace {args.id!r}", file=sys.stderr)
         return 1
@@ -95,7 +141,7 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    spans = SpanStore(args.db).spans()
+    spans = SpanStore(args.db, max_spans=None).spans()
     traces = len({s.trace_id for s in spans})
     if not traces:
         print(f"no traces in {args.db}: nothing to check", file=sys.stderr)
@@ -119,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    db_help = "SQLite file (env LEMMA_INBOX_DB, default ~/.local/share/lemma-middleware/)"
+    db_help = f"SQLite file (env LEMMA_INBOX_DB; default {_default_db_text()})"
     parser.add_argument("--db", help=db_help)
     commands = parser.add_subparsers(dest="command", required=True)
     inbox = commands.add_parser("inbox", help="receive traces on 127.0.0.1")
@@ -132,6 +178,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="accepted Langfuse key pair (repeatable; default: LANGFUSE_* env)",
     )
     inbox.add_argument("--bearer", help="accepted Bearer token (as Lemma's endpoint takes)")
+    inbox.add_argument(
+        "--max-spans",
+        type=int,
+        default=DEFAULT_MAX_SPANS,
+        metavar="N",
+        help=f"keep at most N spans, deleting the oldest traces (default {DEFAULT_MAX_SPANS:,}; "
+        "0: no limit)",
+    )
+    inbox.add_argument(
+        "--max-age",
+        type=_age,
+        default=None,
+        metavar="AGE",
+        help="delete traces received longer ago than AGE (seconds, or 30m, 12h, 7d)",
+    )
     inbox.set_defaults(run=_inbox)
     threads = commands.add_parser("threads", help="list conversations")
     threads.add_argument("--json", action="store_true")

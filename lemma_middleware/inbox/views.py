@@ -1,14 +1,14 @@
-"""What the inbox's command and web view show of stored spans: threads (one grouping of
-roots by thread, for both), a thread's turns, a trace as lines, an arriving trace's line."""
+"""What the inbox's command and web view show of stored traces: a thread's and a trace's
+row, what a turn's input and output say (for the conversation view), a trace as lines, and
+an arriving trace's line."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any
+import json
+from dataclasses import astuple, dataclass
+from typing import Any, ClassVar
 
 from lemma_middleware.core.attributes import Keys
-from lemma_middleware.testing.contract import group_by_trace, roots_of
 from lemma_middleware.testing.records import ReceivedSpan
 
 NO_THREAD = "(no thread)"
@@ -17,24 +17,74 @@ NO_THREAD = "(no thread)"
 
 @dataclass
 class ThreadSummary:
-    """One conversation: its turns (the roots of its traces) and who it belongs to."""
+    """One conversation: who it belongs to, its turns, failed turns, contract violations,
+    and what was last said in it."""
 
     thread_id: str
-    roots: list[ReceivedSpan]
     users: list[str]
     tenants: list[str]
     agents: list[str]
     turns: int
     errors: int
+    violations: int
+    first_activity_ns: int
     last_activity_ns: int
+    last_said: str | None
 
     def as_json(self) -> dict[str, Any]:
-        """Everything but the roots, for ``threads --json``."""
-        return {k: v for k, v in vars(self).items() if k != "roots"}
+        """The summary as ``threads --json`` prints it."""
+        return dict(vars(self))
 
 
-def _values(roots: list[ReceivedSpan], key: str) -> list[str]:
-    return sorted({str(r.attributes.get(key, "")) for r in roots} - {""})
+@dataclass(frozen=True)
+class ThreadQuery:
+    """What the threads list shows: filters (exact ``user``, ``tenant``, ``agent``; ``errors``
+    only threads with a failed turn; ``search``: text in a turn's input or output) and a page."""
+
+    user: str = ""
+    tenant: str = ""
+    agent: str = ""
+    search: str = ""
+    errors: bool = False
+    include_unthreaded: bool = True
+    limit: int | None = 50
+    offset: int = 0
+
+
+@dataclass
+class TraceRow:
+    """One trace as lists show it, from its root: a turn of a thread."""
+
+    trace_id: str
+    thread_id: str
+    user_id: str | None
+    tenant_id: str | None
+    agent: str | None
+    level: str
+    http_status: int | None
+    status_message: str | None
+    start_ns: int
+    end_ns: int
+    input: str | None
+    output: str | None
+    user_said: str | None
+    agent_said: str | None
+    span_count: int
+    violations: int
+
+    COLUMNS: ClassVar[str] = (
+        "trace_id, thread_id, user_id, tenant_id, agent, level, http_status, status_message, "
+        "start_ns, end_ns, input, output, user_said, agent_said, span_count, violations"
+    )
+
+    def as_tuple(self) -> tuple[Any, ...]:
+        """The row's values in :attr:`COLUMNS` order."""
+        return astuple(self)
+
+    @property
+    def duration_ms(self) -> float:
+        """The root's duration."""
+        return (self.end_ns - self.start_ns) / 1e6
 
 
 def thread_of(root: ReceivedSpan) -> str | None:
@@ -43,52 +93,49 @@ def thread_of(root: ReceivedSpan) -> str | None:
     return str(thread) if thread else None
 
 
-def thread_summaries(
-    spans: Iterable[ReceivedSpan],
-    *,
-    without_thread: str | None = None,
-    filters: Mapping[str, str] | None = None,
-) -> list[ThreadSummary]:
-    """Threads, most recently active first. Traces without a thread id are left out, or
-    listed under ``without_thread``; ``filters`` (``user``, ``tenant``, ``agent``) keep the
-    roots whose value is the one given."""
-    keys = {"user": Keys.USER, "tenant": Keys.TENANT, "agent": Keys.AGENT}
-    wanted = {keys[name]: value for name, value in (filters or {}).items() if value}
-    by_thread: dict[str, list[ReceivedSpan]] = {}
-    for root in roots_of(spans):
-        thread = thread_of(root) or without_thread
-        if thread is None:
-            continue
-        if all(str(root.attributes.get(key, "")) == value for key, value in wanted.items()):
-            by_thread.setdefault(thread, []).append(root)
-    summaries = [
-        ThreadSummary(
-            thread_id=thread,
-            roots=roots,
-            users=_values(roots, Keys.USER),
-            tenants=_values(roots, Keys.TENANT),
-            agents=_values(roots, Keys.AGENT),
-            turns=len(roots),
-            errors=sum(level(r) == "ERROR" for r in roots),
-            last_activity_ns=max(r.end_ns for r in roots),
-        )
-        for thread, roots in by_thread.items()
-    ]
-    return sorted(summaries, key=lambda t: t.last_activity_ns, reverse=True)
-
-
 def level(span: ReceivedSpan) -> str:
     """The span's Langfuse level (``DEFAULT`` when unset)."""
     return str(span.attributes.get(Keys.LEVEL, "DEFAULT"))
 
 
-def turns_of(spans: list[ReceivedSpan], thread_or_trace_id: str) -> list[list[ReceivedSpan]]:
-    """The traces of a thread (by thread id), or the one trace with that id; oldest first."""
-    traces = group_by_trace(spans)
-    if thread_or_trace_id in traces:
-        return [traces[thread_or_trace_id]]
-    chosen = [root.trace_id for root in roots_of(spans) if thread_of(root) == thread_or_trace_id]
-    return [traces[trace_id] for trace_id in chosen]
+_SAID_KEYS = (
+    "message", "input", "prompt", "query", "question", "text", "content",
+    "answer", "output", "reply", "response", "result",
+)  # fmt: skip
+"""Fields whose value is what a turn says, in the order they are looked for."""
+
+
+def said(value: Any, *, role: str, depth: int = 0) -> str | None:
+    """What a turn's input (``role="user"``) or output (``role="assistant"``) says, for the
+    conversation view: the last message of that role in a chat history (``messages``, or a
+    list of ``{"role", "content"}``), else the first of the :data:`_SAID_KEYS` fields, else the
+    value itself as text. ``value`` is what the root recorded (JSON text or a plain string)."""
+    if value is None or depth > 4:
+        return None
+    if isinstance(value, str) and depth == 0:
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return str(value)[:2000]
+    if isinstance(value, str):
+        return value[:2000]
+    if isinstance(value, list):
+        chat = [m for m in value if isinstance(m, dict) and "content" in m]
+        mine = [m for m in chat if m.get("role") == role] or chat
+        if mine:
+            return said(mine[-1]["content"], role=role, depth=depth + 1)
+        texts = [t for t in (said(v, role=role, depth=depth + 1) for v in value) if t]
+        return " ".join(texts)[:2000] if texts else None
+    if isinstance(value, dict):
+        if isinstance(value.get("messages"), list):
+            return said(value["messages"], role=role, depth=depth + 1)
+        if value.get("type") == "text" and isinstance(value.get("text"), str):
+            return str(value["text"])[:2000]
+        for key in _SAID_KEYS:
+            if key in value and value[key] not in (None, ""):
+                return said(value[key], role=role, depth=depth + 1)
+        return json.dumps(value)[:2000]
+    return json.dumps(value)[:2000]
 
 
 def _trim(value: Any, width: int) -> str:
@@ -97,15 +144,25 @@ def _trim(value: Any, width: int) -> str:
 
 
 def summary_line(root: ReceivedSpan, batch: list[ReceivedSpan]) -> str:
-    """One line for an arriving trace."""
+    """One line for an arriving trace (values the trace does not have are left out)."""
     a = root.attributes
     children = sum(1 for s in batch if s.trace_id == root.trace_id and s is not root)
     duration_ms = (root.end_ns - root.start_ns) / 1e6
-    return (
-        f"trace {root.trace_id} agent={a.get(Keys.AGENT)} thread={a.get(Keys.THREAD)} "
-        f"user={a.get(Keys.USER)} tenant={a.get(Keys.TENANT)} level={level(root)} "
-        f"{duration_ms:.1f}ms children={children} input={_trim(a.get(Keys.TRACE_INPUT), 40)}"
+    known = " ".join(
+        f"{label}={a[key]}"
+        for label, key in (
+            ("agent", Keys.AGENT),
+            ("thread", Keys.THREAD),
+            ("user", Keys.USER),
+            ("tenant", Keys.TENANT),
+        )
+        if a.get(key) not in (None, "")
     )
+    line = f"trace {root.trace_id} {known} level={level(root)} {duration_ms:.1f}ms"
+    line += f" children={children}"
+    if a.get(Keys.TRACE_INPUT) is not None:
+        line += f" input={_trim(a[Keys.TRACE_INPUT], 40)}"
+    return line
 
 
 def render_tree(spans: list[ReceivedSpan], width: int = 80) -> list[str]:
