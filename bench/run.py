@@ -10,7 +10,8 @@ Langfuse/OpenTelemetry variant exports to a no-op exporter there, so the figures
 request-path CPU. The end-to-end section serves the apps under uvicorn (1 worker) and
 gunicorn (2 workers, gthread) on 127.0.0.1, loads them with wrk, and exports for real to the
 local inbox running in another process. The memory section streams 1 GB of SSE through
-uvicorn and reports the server's peak RSS.
+uvicorn and reports the server's peak RSS. The inbox section times the local inbox's pages
+at 200,000 and 1,000,000 stored spans.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import os
 import sys
 
 from bench.django_section import django_section
+from bench.inbox_section import inbox_section
 from bench.inprocess import asgi_section, export_cost_section, wsgi_section
 from bench.memory import memory_section
 from bench.outage import outage_section
@@ -31,7 +33,7 @@ from bench.targets import Figures, judge
 
 SECTIONS = (
     "asgi,wsgi,django,shapes,layers,redaction,sampling,startup,e2e,e2e-history,batching,"
-    "memory,outage"
+    "memory,outage,inbox"
 )
 """Every section (``asgi`` includes the export table), in the order they run."""
 
@@ -83,6 +85,12 @@ def main(argv: list[str] | None = None) -> int:
         figures.memory = memory_section(megabytes)
     if "outage" in sections:
         figures.outage = outage_section(*((2.0, 3.0, 10.0) if args.smoke else (10.0, 30.0, 20.0)))
+    if "inbox" in sections:
+        figures.inbox = (
+            inbox_section((3_000,), 3_000, 3)
+            if args.smoke
+            else inbox_section((200_000, 1_000_000), 200_000, 5)
+        )
     if not args.smoke:
         judge(figures)
     return 0

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from bench.django_section import DJANGO_BODIES
 from bench.django_section import Key as DjangoKey
+from bench.inbox_section import InboxFigures
 from bench.inprocess import InProcess
 from bench.outage import Outcome
 from bench.sampling import SAMPLING_BODIES, SamplingCosts
@@ -35,6 +36,7 @@ class Figures:
     startup: list[StartUpCost] | None = None
     sampling: SamplingCosts | None = None
     django: dict[DjangoKey, float] | None = None
+    inbox: list[InboxFigures] | None = None
 
 
 @dataclass
@@ -162,6 +164,24 @@ def django_checks(figures: Figures) -> list[Check]:
     return checks
 
 
+def inbox_checks(figures: Figures) -> list[Check]:
+    """Issue 24's targets, at 200,000 stored spans: every page under 300 ms, ``threads``
+    under 1 s."""
+    checks: list[Check] = []
+    for result in figures.inbox or []:
+        if result.spans < 200_000 or result.spans > 200_000 * 1.01:
+            continue
+        slowest = max(result.pages_ms, key=lambda name: result.pages_ms[name])
+        checks += [
+            Check("inbox at 200,000 spans: every page < 300 ms",
+                  result.pages_ms[slowest] < 300,
+                  f"slowest {slowest}: {result.pages_ms[slowest]:.1f} ms"),
+            Check("inbox at 200,000 spans: threads command < 1 s",
+                  result.threads_command_s < 1, f"{result.threads_command_s:.2f} s"),
+        ]  # fmt: skip
+    return checks
+
+
 def e2e_checks(e2e: EndToEnd) -> list[Check]:
     """Issue 12's end-to-end targets: throughput, p99, no trace dropped."""
     asgi, wsgi = e2e["asgi"], e2e["wsgi"]
@@ -198,7 +218,7 @@ def judge(figures: Figures) -> list[Check]:
     """Every target the run has figures for, printed (issue 19's first, then issue 12's and
     the hardening issues'); returned as well."""
     checks = shape_checks(figures) + in_process_checks(figures) + sampling_checks(figures)
-    checks += django_checks(figures)
+    checks += django_checks(figures) + inbox_checks(figures)
     if figures.e2e:
         checks += e2e_checks(figures.e2e)
     if memory := figures.memory:

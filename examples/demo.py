@@ -23,7 +23,9 @@ from typing import Any
 import httpx
 
 from lemma_middleware.inbox.cli import main as cli
-from lemma_middleware.inbox.store import DEFAULT_PORT, Inbox, SpanStore, default_db
+from lemma_middleware.inbox.schema import default_db
+from lemma_middleware.inbox.server import DEFAULT_PORT, Inbox
+from lemma_middleware.inbox.store import SpanStore
 from lemma_middleware.testing.contract import roots_of
 
 PUBLIC_KEY, SECRET_KEY = "pk-lf-demo", "sk-lf-demo"

@@ -6,6 +6,7 @@ import base64
 import gzip
 import json
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +18,8 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from lemma_middleware import build_client
 from lemma_middleware.inbox.cli import main
-from lemma_middleware.inbox.store import Inbox, SpanStore
+from lemma_middleware.inbox.server import Inbox
+from lemma_middleware.inbox.store import SpanStore
 from lemma_middleware.testing.records import ReceivedSpan
 
 from .apps.asgi_apps import make_app
@@ -307,3 +309,34 @@ def test_every_command_agrees_on_the_database_wherever_it_runs(
     assert "no threads yet" in capsys.readouterr().out
     assert main(["check", "--db", str(other)]) == 2
     assert "no traces" in capsys.readouterr().err
+
+
+async def test_received_traces_are_indexed_in_the_background_and_before_the_inbox_stops(
+    db: Path, captured: Captured
+) -> None:
+    """Receiving stores spans only (the indexer thread builds the rows the pages read), so an
+    export never waits on indexing; what arrives just before the inbox stops is indexed too."""
+    await play(captured.client)
+    payload = encode_spans(captured.spans()).SerializeToString()
+    headers = {**AUTH, "content-type": "application/x-protobuf"}
+    with Inbox(db, port=0, keys=KEYS, announce=None) as inbox:
+        url = f"{inbox.base_url}/api/public/otel/v1/traces"
+        assert httpx.post(url, content=payload, headers=headers).status_code == 200
+        deadline = time.monotonic() + 10
+        while not inbox.store.threads() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert {t.thread_id for t in inbox.store.threads()} == {"thread-a", "thread-b"}
+    with Inbox(db, port=0, keys=KEYS, announce=None) as inbox:  # posted, then stopped at once
+        url = f"{inbox.base_url}/api/public/otel/v1/traces"
+        assert httpx.post(url, content=payload, headers=headers).status_code == 200
+    assert SpanStore(db).index_pending() == 0  # nothing was left unindexed
+
+
+def test_the_inbox_answers_keep_alive_requests_without_a_delayed_ack_stall(db: Path) -> None:
+    """Accepted connections inherit TCP_NODELAY from the listening socket: without it every
+    request after a connection's first waits ~40 ms for the client's delayed ACK."""
+    import socket
+
+    with Inbox(db, port=0, announce=None) as inbox:
+        listening = inbox.receiver._socket
+        assert listening.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1

@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 from lemma_middleware.core.attributes import Keys
 from lemma_middleware.inbox import store as store_module
 from lemma_middleware.inbox.cli import main
-from lemma_middleware.inbox.store import Inbox, SpanStore
+from lemma_middleware.inbox.server import Inbox
+from lemma_middleware.inbox.store import SpanStore
 from lemma_middleware.inbox.views import ThreadQuery, TraceRow, said
 from lemma_middleware.testing.records import ReceivedSpan
 
@@ -131,6 +132,24 @@ def test_threads_come_a_page_at_a_time_newest_first(tmp_path: Path) -> None:
     }
 
 
+def test_the_threads_command_lists_the_newest_fifty_unless_told(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "inbox.sqlite3"
+    store = SpanStore(db)
+    for number in range(60):
+        store.add(turn(number, f"thread-{number:02d}", children=0))
+    assert main(["--db", str(db), "threads"]) == 0
+    out = capsys.readouterr().out
+    assert "thread-59" in out and "thread-10" in out and "thread-09" not in out
+    assert "--limit 0 for all" in out
+    assert main(["--db", str(db), "threads", "--limit", "0", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 60
+    assert main(["--db", str(db), "threads", "--limit", "60"]) == 0
+    out = capsys.readouterr().out
+    assert "thread-00" in out and "--limit" not in out
+
+
 def test_filters_errors_and_search_pick_the_threads_with_such_a_turn(tmp_path: Path) -> None:
     store = SpanStore(tmp_path / "inbox.sqlite3")
     store.add(turn(1, "parcel", said_text="Where is my PARCEL?"))
@@ -165,12 +184,11 @@ def test_search_finds_exactly_the_threads_whose_text_contains_the_query(
 ) -> None:
     store = SpanStore(tmp_path_factory.mktemp("search") / "inbox.sqlite3")
     for number, text in enumerate(texts):
-        store.add(turn(number, f"thread-{number}", said_text=text, answer="", children=0))
+        store.add(turn(number, f"thread-{number}", said_text=text, answer="fine", children=0))
     expected = {
         f"thread-{number}"
         for number, text in enumerate(texts)
-        if needle.strip().lower() in json.dumps({"message": text}).lower()
-        or needle.strip().lower() in json.dumps({"answer": ""}).lower()
+        if needle.strip().lower() in text.lower() or needle.strip().lower() in "fine"
     }
     query = needle.strip()
     if not query:
@@ -306,3 +324,14 @@ def test_what_a_turn_said_is_bounded_text_whatever_was_recorded(
 ) -> None:
     result = said(json.dumps(value) if as_text else value, role=role)
     assert result is None or (isinstance(result, str) and len(result) <= 2000)
+
+
+def test_an_arriving_traces_line_leaves_out_what_it_does_not_have() -> None:
+    from lemma_middleware.inbox.views import summary_line
+
+    spans = turn(1, None)
+    root = spans[-1]
+    del root.attributes[Keys.TENANT]
+    line = summary_line(root, spans)
+    assert "None" not in line and "tenant=" not in line and "thread=" not in line
+    assert "user=alice" in line and "children=2" in line and "level=DEFAULT" in line

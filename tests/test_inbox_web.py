@@ -18,7 +18,7 @@ from fastapi import FastAPI
 from opentelemetry.sdk.trace import TracerProvider
 
 from lemma_middleware import LemmaMiddleware, build_client
-from lemma_middleware.inbox.store import Inbox
+from lemma_middleware.inbox.server import Inbox
 
 from .apps.asgi_apps import make_app
 

@@ -1,5 +1,6 @@
 """The OTLP encoder writes exactly the bytes OpenTelemetry's encoder writes, for any span,
-and falls back to OpenTelemetry's encoder when the start-up check finds a difference."""
+and falls back to OpenTelemetry's encoder when the start-up check finds a difference (or,
+without an error, while the check cannot run)."""
 
 from __future__ import annotations
 
@@ -213,7 +214,7 @@ def test_without_isal_batches_are_gzipped_by_zlib(monkeypatch: pytest.MonkeyPatc
 def test_a_mismatch_at_start_up_switches_to_opentelemetrys_encoder(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    otlp.matches_opentelemetry.cache_clear()
+    otlp._check.cache_clear()
     monkeypatch.setattr(otlp, "_KIND", {**otlp._KIND, SpanKind.SERVER: 9})  # a wrong encoding
     try:
         assert not otlp.matches_opentelemetry()
@@ -223,4 +224,64 @@ def test_a_mismatch_at_start_up_switches_to_opentelemetrys_encoder(
         )
         assert otlp.encode_request([span]) == opentelemetry_bytes([span])
     finally:
-        otlp.matches_opentelemetry.cache_clear()
+        otlp._check.cache_clear()
+
+
+_SHUTDOWN = "cannot schedule new futures after interpreter shutdown"
+
+
+@pytest.mark.parametrize("failing", ["sample_spans", "_encode"])
+def test_a_start_up_check_the_environment_cannot_run_is_no_mismatch(
+    failing: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Building the samples or comparing them raises what the interpreter raises at exit:
+    no ERROR, the batch goes through OpenTelemetry's encoder, the check runs again later."""
+
+    def refused(*args: Any) -> Any:
+        raise RuntimeError(_SHUTDOWN)
+
+    otlp._check.cache_clear()
+    caplog.set_level(logging.DEBUG, logger="lemma_middleware")
+    span = ReadableSpan(name="root", context=SpanContext(1, 2, False), resource=Resource({}))
+    try:
+        with monkeypatch.context() as patched:
+            patched.setattr(otlp, failing, refused)
+            assert not otlp.matches_opentelemetry()
+            assert gzip.decompress(encode_batch([span])) == opentelemetry_bytes([span])
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+        assert "encodes spans differently" not in caplog.text
+        assert "could not run" in caplog.text
+        assert otlp.matches_opentelemetry()  # the environment recovered: checked again
+    finally:
+        otlp._check.cache_clear()
+
+
+_EXPORT_AT_EXIT = """
+import atexit, gzip, sys
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.trace import SpanContext
+from lemma_middleware.delivery import otlp
+from lemma_middleware.delivery.encoding import encode_batch
+
+def first_export():
+    span = ReadableSpan(name="root", context=SpanContext(1, 2, False), resource=Resource({}))
+    same = gzip.decompress(encode_batch([span])) == encode_spans([span]).SerializeToString()
+    print("same bytes:", same, "fast path:", otlp.matches_opentelemetry())
+
+atexit.register(first_export)
+"""
+
+
+def test_a_first_export_at_interpreter_exit_logs_no_encoder_error() -> None:
+    """As a gunicorn worker's first export may be: threads and futures are refused then."""
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-c", _EXPORT_AT_EXIT], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert "encodes spans differently" not in result.stderr
+    assert "same bytes: True fast path: True" in result.stdout, (result.stdout, result.stderr)

@@ -13,7 +13,7 @@ arguments given to ``LemmaFlask`` win over the config.
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import Any, Unpack
 
 from lemma_middleware.adapters.tracing import Tracing
 from lemma_middleware.adapters.wsgi import (
@@ -24,7 +24,7 @@ from lemma_middleware.adapters.wsgi import (
     register_framework,
 )
 from lemma_middleware.core.identity import user_id_from_auth_user, user_id_from_plain_user
-from lemma_middleware.core.options import OPTION_NAMES, options_from_config
+from lemma_middleware.core.options import OPTION_NAMES, Options, options_from_config
 from lemma_middleware.request.context import current
 
 
@@ -71,9 +71,10 @@ def flask_support(app: WSGIApp, tracing: Tracing) -> FlaskSupport | None:
 
 
 class LemmaFlask:
-    """Wraps a Flask app's ``wsgi_app`` in :class:`LemmaWSGIMiddleware`."""
+    """Wraps a Flask app's ``wsgi_app`` in :class:`LemmaWSGIMiddleware` (its options typed
+    as the middleware's, so that a type checker flags a misspelt one)."""
 
-    def __init__(self, app: Any = None, **options: Any) -> None:
+    def __init__(self, app: Any = None, **options: Unpack[Options]) -> None:
         unknown = set(options) - set(OPTION_NAMES)
         if unknown:
             raise TypeError(f"unknown lemma_middleware options: {sorted(unknown)}")
@@ -84,8 +85,7 @@ class LemmaFlask:
 
     def init_app(self, app: Any) -> None:
         """Install the middleware on ``app`` with options from ``app.config``."""
-        options = options_from_config(app.config)
-        options.update(self.options)
+        options = {**options_from_config(app.config), **self.options}
         self.middleware = LemmaWSGIMiddleware(app.wsgi_app, **options)
         app.wsgi_app = self.middleware
         app.extensions["lemma_middleware"] = self.middleware

@@ -13,7 +13,9 @@ empty string, a zero, a link's trace state), and an attribute OpenTelemetry cann
 (an unsupported type, an integer outside int64, text that is not valid UTF-8) is skipped
 as it skips it. :func:`matches_opentelemetry` checks this at start-up on spans that use
 every field; if the installed OpenTelemetry encodes anything differently, one ERROR is
-logged and :func:`encode_request` uses OpenTelemetry's encoder instead.
+logged and :func:`encode_request` uses OpenTelemetry's encoder instead. A check that could
+not run (the interpreter refusing work at exit) is no mismatch: OpenTelemetry's encoder is
+used until it can, with a DEBUG line.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind
 
 from lemma_middleware.core.logs import log_once
+from lemma_middleware.delivery.otlp_samples import sample_spans
 
 _DOUBLE = struct.Struct("<d")
 
@@ -338,79 +341,48 @@ def encode_request(spans: Sequence[ReadableSpan]) -> bytes:
     return b"".join(encode_request_parts(spans))
 
 
-def _sample_spans() -> list[ReadableSpan]:
-    """Spans that use every field the encoder writes."""
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.trace import (
-        Link,
-        NonRecordingSpan,
-        Status,
-        StatusCode,
-        TraceFlags,
-        TraceState,
-        set_span_in_context,
-    )
-
-    provider = TracerProvider(resource=Resource({"service.name": "check", "n": 1}, "https://s"))
-    tracer = provider.get_tracer("check", "1.0", "https://scope", {"public_key": "pk"})
-    remote = SpanContext(
-        1 << 100, 7, True, TraceFlags(TraceFlags.SAMPLED), TraceState([("a", "1"), ("b", "2")])
-    )
-    parent = set_span_in_context(NonRecordingSpan(remote))
-    values: dict[str, Any] = {
-        "text": "héllo \U0001f600",
-        "empty": "",
-        "yes": True,
-        "no": False,
-        "zero": 0,
-        "int": 300,
-        "negative": -5,
-        "big": (1 << 63) - 1,
-        "float": 1.5,
-        "floats": (0.0, -2.25),
-        "texts": ("a", ""),
-        "ints": (1, -1),
-        "bools": (True, False),
-        "nothing": (),
-    }
-    spans = []
-    with_links = tracer.start_span(
-        "remote child",
-        context=parent,
-        kind=SpanKind.SERVER,
-        attributes=values,
-        links=[Link(remote, {"l": 1}), Link(SpanContext(2, 3, False))],
-        start_time=1_700_000_000_000_000_000,
-    )
-    with_links.add_event("event", {"e": "v"}, timestamp=1_700_000_000_000_000_001)
-    with_links.add_event("bare", timestamp=1)
-    with_links.set_status(Status(StatusCode.ERROR, "it failed: ünïcode"))
-    with_links.end(end_time=1_700_000_000_000_000_002)
-    spans.append(with_links)
-    for kind in SpanKind:
-        span = provider.get_tracer("other").start_span("", kind=kind)
-        span.set_status(Status(StatusCode.OK))
-        span.end()
-        spans.append(span)
-    other = TracerProvider().get_tracer("check").start_span("elsewhere")
-    other.end()
-    spans.append(other)
-    provider.shutdown()
-    return spans  # type: ignore[return-value]
+class _CheckNotRun(Exception):
+    """The start-up check could not be run here (the environment, not the encoder)."""
 
 
 @cache
-def matches_opentelemetry() -> bool:
-    """Whether :func:`encode_request` gives OpenTelemetry's bytes for spans that use every
-    field (checked once; on a mismatch OpenTelemetry's encoder is used)."""
+def _check() -> bool:
+    """Whether :func:`_encode` gives OpenTelemetry's bytes for the sample spans; raises
+    :class:`_CheckNotRun` (which :func:`functools.cache` does not keep) when the comparison
+    could not be made: the sample spans could not be built, or the interpreter refused work
+    (a ``RuntimeError``: at exit it schedules no new futures and starts no threads)."""
     try:
-        spans = _sample_spans()
+        spans = sample_spans()
+    except Exception as error:
+        raise _CheckNotRun(error) from error
+    try:
         same: bool = b"".join(_encode(spans)) == encode_spans(spans).SerializeToString()
-        same = same and all(
+        return same and all(
             b"".join(_encode([span])) == encode_spans([span]).SerializeToString() for span in spans
         )
-    except Exception:  # the start-up check itself: a failure is a mismatch
-        same = False
+    except RuntimeError as error:
+        raise _CheckNotRun(error) from error
+    except Exception:  # our encoder or OpenTelemetry's failed on valid spans: a mismatch
+        return False
+
+
+def matches_opentelemetry() -> bool:
+    """Whether :func:`encode_request` gives OpenTelemetry's bytes for spans that use every
+    field (checked once; on a mismatch, one ERROR and OpenTelemetry's encoder from then on).
+    When the check cannot be run (e.g. a first export at interpreter exit), OpenTelemetry's
+    encoder, which is always right, is used for this batch, a DEBUG line is logged, and the
+    check is tried again on the next batch."""
+    try:
+        same = _check()
+    except _CheckNotRun as error:
+        log_once(
+            f"otlp-encoder-unchecked:{error}",
+            logging.DEBUG,
+            "lemma_middleware: the OTLP encoder's start-up check could not run (%s); "
+            "exporting through OpenTelemetry's encoder until it can",
+            error,
+        )
+        return False
     if not same:
         log_once(
             "otlp-encoder",

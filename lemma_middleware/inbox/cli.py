@@ -2,7 +2,7 @@
 
 lemma-middleware inbox [--port 8787] [--key PK:SK] [--max-spans N] [--max-age 7d]
                                                      receive traces; web view on the same port
-lemma-middleware threads [--json]                    list conversations
+lemma-middleware threads [--limit 50] [--json]       list conversations, newest first
 lemma-middleware show THREAD_OR_TRACE_ID [--json]    print turns as trees
 lemma-middleware check [--json]                      judge traces; exit 1 on violations, 2 on none
 
@@ -24,15 +24,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lemma_middleware.core.environment import variable
-from lemma_middleware.inbox.store import (
-    DEFAULT_MAX_SPANS,
-    DEFAULT_PORT,
-    Inbox,
-    SpanStore,
-    default_db,
-)
+from lemma_middleware.inbox.schema import default_db
+from lemma_middleware.inbox.server import DEFAULT_PORT, Inbox
+from lemma_middleware.inbox.store import DEFAULT_MAX_SPANS, SpanStore
 from lemma_middleware.inbox.views import ThreadQuery, render_tree
 from lemma_middleware.testing.contract import check_traces
+
+THREADS_SHOWN = 50
+"""How many threads ``lemma-middleware threads`` lists unless told (``--limit``)."""
 
 
 def _keys(pairs: Sequence[str]) -> dict[str, str]:
@@ -105,8 +104,13 @@ def _inbox(args: argparse.Namespace) -> int:
 
 
 def _threads(args: argparse.Namespace) -> int:
-    query = ThreadQuery(include_unthreaded=False, limit=None)
-    summaries = SpanStore(args.db, max_spans=None).threads(query)
+    limit = args.limit or None
+    query = ThreadQuery(include_unthreaded=False, limit=limit + 1 if limit else None)
+    store = SpanStore(args.db, max_spans=None)
+    store.index_pending()  # what a running inbox has stored but not indexed yet
+    summaries = store.threads(query)
+    more = limit is not None and len(summaries) > limit
+    summaries = summaries[:limit]
     if args.json:
         print(json.dumps([s.as_json() for s in summaries], indent=2))
         return 0
@@ -120,11 +124,14 @@ def _threads(args: argparse.Namespace) -> int:
             f"{s.thread_id[:28]:28} {','.join(s.users)[:14]:14} {','.join(s.tenants)[:10]:10} "
             f"{s.turns:5}  {when:%Y-%m-%d %H:%M:%S}"
         )
+    if more:
+        print(f"(the {limit} most recently active; --limit N for more, --limit 0 for all)")
     return 0
 
 
 def _show(args: argparse.Namespace) -> int:
     store = SpanStore(args.db, max_spans=None)
+    store.index_pending()
     trace = store.trace(args.id)
     turns = [trace] if trace else [store.trace(t.trace_id) for t in store.turns(args.id)]
     if not turns:
@@ -195,6 +202,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     inbox.set_defaults(run=_inbox)
     threads = commands.add_parser("threads", help="list conversations")
+    threads.add_argument(
+        "--limit",
+        type=int,
+        default=THREADS_SHOWN,
+        metavar="N",
+        help=f"the N most recently active (default {THREADS_SHOWN}; 0: all)",
+    )
     threads.add_argument("--json", action="store_true")
     threads.set_defaults(run=_threads)
     show = commands.add_parser("show", help="print a thread's turns (or one trace) as trees")

@@ -2,9 +2,9 @@
 
 It listens on 127.0.0.1 (Starlette under uvicorn), accepts ``POST /api/public/otel/v1/traces``
 (and ``/v1/traces``, ``/otel/v1/traces``) with OTLP protobuf or JSON bodies, gzip or not,
-checks Basic or Bearer auth when keys are configured, and keeps the decoded spans in
-memory. The demo and the end-to-end tests send real exports to it; nothing leaves the
-machine.
+checks Basic or Bearer auth when keys are configured (a refusal is logged as one WARNING
+naming what was refused and the fix, rate-limited), and keeps the decoded spans in memory.
+The demo and the end-to-end tests send real exports to it; nothing leaves the machine.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import logging
 import socket
 import threading
 import time
@@ -39,6 +40,13 @@ TRACE_PATHS = ("/api/public/otel/v1/traces", "/v1/traces", "/otel/v1/traces")
 
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
+
+
+logger = logging.getLogger("lemma_middleware.inbox")
+
+
+REFUSAL_LOG_INTERVAL = 60.0
+"""Seconds between two WARNING lines about the same refused credentials."""
 
 
 @dataclass
@@ -129,13 +137,44 @@ class Rejected(Exception):
         self.reason = reason
 
 
+class _Throttle:
+    """At most one line per key every ``interval`` seconds, counting the ones held back."""
+
+    def __init__(self, interval: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = interval
+        self.clock = clock
+        self._last: dict[str, tuple[float, int]] = {}  # key -> (logged at, held back since)
+
+    def allow(self, key: str) -> int | None:
+        """None to hold this line back, else how many were held back since the last one."""
+        now = self.clock()
+        last = self._last.get(key)
+        if last is not None and now - last[0] < self.interval:
+            self._last[key] = (last[0], last[1] + 1)
+            return None
+        if len(self._last) >= 1024:  # a client cycling through keys: start over
+            self._last.clear()
+        self._last[key] = (now, 0)
+        return 0 if last is None else last[1]
+
+
+def _shown(public_key: str) -> str:
+    """A public key as a log line names it (at most 64 characters, quoted if unprintable)."""
+    text = public_key[:64]
+    return text if text.isprintable() and text and " " not in text else repr(text)
+
+
 class OTLPReceiver:
     """An OTLP/HTTP receiver on 127.0.0.1 collecting trace exports in memory: a Starlette
     app served by uvicorn in a background thread.
 
     ``keys`` maps accepted public keys to secret keys (Basic auth, as the Langfuse SDK
     sends); ``bearer`` is an accepted Bearer token (as Lemma's endpoint takes). With
-    neither, any request is accepted. ``on_spans`` is called with each accepted batch (an
+    neither, any request is accepted. A refused request logs one WARNING on the
+    ``lemma_middleware.inbox`` logger naming what was refused (the public key, a bearer
+    token, no credentials; never a secret) and the fix (``--key PK:SK``, ``--bearer``), at
+    most once per minute for the same credentials (:data:`REFUSAL_LOG_INTERVAL`; the next
+    line counts those held back). ``on_spans`` is called with each accepted batch (an
     exception there answers 500 and keeps nothing); ``routes`` are served beside the OTLP
     endpoints (the inbox's web view)."""
 
@@ -154,6 +193,7 @@ class OTLPReceiver:
         self.on_spans = on_spans
         self.requests: list[ReceivedRequest] = []
         self.rejected: list[tuple[int, str]] = []
+        self._refusals = _Throttle(REFUSAL_LOG_INTERVAL)
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self.app = Starlette(
@@ -164,6 +204,10 @@ class OTLPReceiver:
         )
         self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Accepted connections inherit it: without it, uvicorn's separate writes of a
+        # response's head and body wait on the client's delayed ACK, 40 ms per keep-alive
+        # request (every page and export after a connection's first).
+        self._socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._socket.bind((host, port))
         config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off")
         self.server = uvicorn.Server(config)
@@ -218,23 +262,70 @@ class OTLPReceiver:
 
     def authorised(self, headers: Mapping[str, str]) -> bool:
         """Whether ``headers`` carry accepted credentials (any, when none are configured)."""
+        return self.refusal(headers) is None
+
+    def refusal(self, headers: Mapping[str, str]) -> tuple[str, str] | None:
+        """None when ``headers`` carry accepted credentials; else a key naming the refused
+        credentials and a line saying what was refused and the fix (never a secret)."""
         if not self.keys and self.bearer is None:
-            return True
-        auth = headers.get("authorization", "")
-        scheme, _, credentials = auth.partition(" ")
+            return None
+        scheme, _, credentials = headers.get("authorization", "").partition(" ")
         if scheme.lower() == "bearer":
-            return self.bearer is not None and credentials == self.bearer
-        if scheme.lower() == "basic":
-            try:
-                public, _, secret = base64.b64decode(credentials).decode().partition(":")
-            except Exception:
-                return False
-            return self.keys.get(public) == secret
-        return False
+            if credentials == self.bearer:
+                return None
+            if self.bearer is None:
+                return "bearer", f"a bearer token, but the inbox takes no --bearer: {self._fix}"
+            return "bearer", f"a bearer token that does not match --bearer: {self._fix}"
+        if scheme.lower() != "basic":
+            return "none", f"no Basic or Bearer credentials: {self._fix}"
+        try:
+            public, _, secret = base64.b64decode(credentials).decode().partition(":")
+        except Exception:
+            return "malformed", f"a Basic header that is not base64 of PK:SK: {self._fix}"
+        if public in self.keys and self.keys[public] == secret:
+            return None
+        shown = _shown(public)
+        if public in self.keys:
+            return f"basic:{shown}", (
+                f"public key {shown} with a secret key that does not match its --key pair: "
+                f"set LANGFUSE_SECRET_KEY to the SK of --key {shown}:SK"
+            )
+        if public.startswith("sk-"):  # never logged: it is a secret key
+            return "basic:sk", (
+                "a secret key (sk-...) as the public key: are LANGFUSE_PUBLIC_KEY and "
+                f"LANGFUSE_SECRET_KEY swapped? {self._fix}"
+            )
+        if not self.keys:
+            return f"basic:{shown}", (
+                f"public key {shown}, but the inbox checks a --bearer token only: start it "
+                f"with --key {shown}:SK, or set LEMMA_API_KEY to its --bearer token"
+            )
+        return f"basic:{shown}", (
+            f"public key {shown}, which no --key PK:SK names (accepted: "
+            f"{', '.join(sorted(self.keys)[:5])}): start the inbox with --key {shown}:SK, "
+            f"or {self._fix}"
+        )
+
+    @property
+    def _fix(self) -> str:
+        """How a client sends credentials this receiver accepts."""
+        keys = "set LANGFUSE_PUBLIC_KEY/LANGFUSE_SECRET_KEY to a pair of the inbox's --key PK:SK"
+        bearer = "set LEMMA_API_KEY to the inbox's --bearer token"
+        if self.bearer is None:
+            return keys
+        return f"{keys}, or {bearer}" if self.keys else bearer
+
+    def _log_refusal(self, key: str, what: str) -> None:
+        held_back = self._refusals.allow(key)
+        if held_back is not None:
+            more = f" ({held_back} more like it since the last line)" if held_back else ""
+            logger.warning("lemma-middleware inbox: refused an export (401): %s%s", what, more)
 
     def decode(self, headers: Mapping[str, str], body: bytes) -> list[ReceivedSpan]:
         """The spans of one export request, or :class:`Rejected`."""
-        if not self.authorised(headers):
+        refusal = self.refusal(headers)
+        if refusal is not None:
+            self._log_refusal(*refusal)
             raise Rejected(401, "bad or missing credentials")
         content_type = headers.get("content-type", "").lower()
         if not content_type.startswith(("application/x-protobuf", "application/json")):

@@ -1,16 +1,15 @@
-"""The local trace inbox: the OTLP receiver, storing spans durably in SQLite, plus the
-indexed queries behind the web view and ``lemma-middleware threads`` and ``show``.
+"""The local trace inbox's store: spans kept durably in SQLite (see
+:mod:`lemma_middleware.inbox.schema`), with the indexed queries behind the web view and
+``lemma-middleware threads`` and ``show``.
 
-Point ``LANGFUSE_HOST`` at it (``http://127.0.0.1:8787`` by default) and every trace the
+Point ``LANGFUSE_HOST`` at the inbox (``http://127.0.0.1:8787`` by default) and every trace the
 middleware exports lands here; nothing leaves the machine.
 
-Besides the spans, the store keeps a row per trace (from its root: thread, user, tenant,
-agent, status, duration, input, output, what the user said and what the agent answered,
-contract violations) and a row per thread, both updated in the transaction that stores a
-batch, so every page reads a bounded number of indexed rows however much is stored. A
-``version`` counter, bumped by every batch, is the web view's change marker. Retention keeps
-at most ``max_spans`` spans (whole traces, oldest received first) and, if set, nothing older
-than ``max_age`` seconds, with a log line each time it deletes.
+Every page reads a bounded number of indexed rows (a row per trace and per thread, built by
+:mod:`lemma_middleware.inbox.indexing`) however much is stored. A ``version`` counter, bumped
+by every batch, is the web view's change marker. Retention keeps at most ``max_spans`` spans
+(whole traces, oldest received first) and, if set, nothing older than ``max_age`` seconds,
+with a log line each time it deletes.
 """
 
 from __future__ import annotations
@@ -20,158 +19,20 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from lemma_middleware.core.attributes import Keys
-from lemma_middleware.core.environment import variable
-from lemma_middleware.inbox.receiver import OTLPReceiver
-from lemma_middleware.inbox.views import (
-    ThreadQuery,
-    ThreadSummary,
-    TraceRow,
-    level,
-    said,
-    summary_line,
-    thread_of,
-)
-from lemma_middleware.inbox.web import view_routes
-from lemma_middleware.testing.contract import check_trace, roots_of
+from lemma_middleware.core.redaction import Redactor
+from lemma_middleware.inbox.indexing import rebuild_thread, reindex
+from lemma_middleware.inbox.schema import SCHEMA, SPAN_COLUMNS, row_of, span_of, trace_spans
+from lemma_middleware.inbox.views import ThreadQuery, ThreadSummary, TraceRow
 from lemma_middleware.testing.records import ReceivedSpan
 
 logger = logging.getLogger("lemma_middleware.inbox")
 
-DEFAULT_PORT = 8787
 DEFAULT_MAX_SPANS = 1_000_000
 """Retention's default bound: the oldest traces go once the store holds more spans."""
-PREVIEW_CHARS = 4000
-"""How much of a trace's input and output the trace rows keep (for lists and search)."""
-_SPAN_COLUMNS = (
-    "trace_id, span_id, parent_span_id, name, start_ns, end_ns, attributes, resource, scope, "
-    "status_code"
-)
-
-
-def default_db() -> Path:
-    """Where the inbox and its views keep traces, whatever the working directory:
-    ``LEMMA_INBOX_DB``, else ``$XDG_DATA_HOME/lemma-middleware/inbox.sqlite3`` (by default
-    ``~/.local/share/lemma-middleware/inbox.sqlite3``). The folder is created."""
-    configured = variable("LEMMA_INBOX_DB")
-    if configured:
-        return Path(configured)
-    data = Path(variable("XDG_DATA_HOME") or Path.home() / ".local" / "share")
-    folder = data / "lemma-middleware"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder / "inbox.sqlite3"
-
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS spans (
-    trace_id TEXT NOT NULL,
-    span_id TEXT NOT NULL,
-    parent_span_id TEXT,
-    name TEXT NOT NULL,
-    start_ns INTEGER NOT NULL,
-    end_ns INTEGER NOT NULL,
-    attributes TEXT NOT NULL,
-    resource TEXT NOT NULL,
-    scope TEXT NOT NULL,
-    status_code INTEGER NOT NULL,
-    received_at REAL NOT NULL,
-    PRIMARY KEY (trace_id, span_id)
-);
-CREATE INDEX IF NOT EXISTS spans_by_parent ON spans (trace_id, parent_span_id);
-CREATE TABLE IF NOT EXISTS traces (
-    trace_id TEXT PRIMARY KEY,
-    thread_id TEXT,
-    user_id TEXT,
-    tenant_id TEXT,
-    agent TEXT,
-    level TEXT,
-    http_status INTEGER,
-    status_message TEXT,
-    start_ns INTEGER,
-    end_ns INTEGER,
-    input TEXT,
-    output TEXT,
-    user_said TEXT,
-    agent_said TEXT,
-    span_count INTEGER NOT NULL DEFAULT 0,
-    violations INTEGER NOT NULL DEFAULT 0,
-    rooted INTEGER NOT NULL DEFAULT 0,
-    received_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS traces_by_thread ON traces (thread_id, start_ns);
-CREATE INDEX IF NOT EXISTS traces_by_received ON traces (received_at);
-CREATE INDEX IF NOT EXISTS traces_by_user ON traces (user_id);
-CREATE INDEX IF NOT EXISTS traces_by_tenant ON traces (tenant_id);
-CREATE INDEX IF NOT EXISTS traces_by_agent ON traces (agent);
-CREATE TABLE IF NOT EXISTS threads (
-    thread_id TEXT PRIMARY KEY,
-    users TEXT NOT NULL,
-    tenants TEXT NOT NULL,
-    agents TEXT NOT NULL,
-    turns INTEGER NOT NULL,
-    errors INTEGER NOT NULL,
-    violations INTEGER NOT NULL,
-    first_ns INTEGER NOT NULL,
-    last_ns INTEGER NOT NULL,
-    last_said TEXT
-);
-CREATE INDEX IF NOT EXISTS threads_by_last ON threads (last_ns);
-CREATE VIRTUAL TABLE IF NOT EXISTS trace_text USING fts5 (
-    trace_id UNINDEXED, input, output, tokenize = 'trigram'
-);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-"""
-NO_THREAD_KEY = ""
-"""The threads row of traces without a thread id."""
-
-
-def _row_of(span: ReceivedSpan, received_at: float) -> tuple[Any, ...]:
-    return (
-        span.trace_id,
-        span.span_id,
-        span.parent_span_id,
-        span.name,
-        span.start_ns,
-        span.end_ns,
-        json.dumps(span.attributes),
-        json.dumps(span.resource),
-        span.scope,
-        span.status_code,
-        received_at,
-    )
-
-
-def _span_of(row: Sequence[Any]) -> ReceivedSpan:
-    return ReceivedSpan(
-        row[0],
-        row[1],
-        row[2],
-        row[3],
-        row[4],
-        row[5],
-        json.loads(row[6]),
-        json.loads(row[7]),
-        row[8],
-        row[9],
-    )
-
-
-def _text(value: Any) -> str | None:
-    if value is None:
-        return None
-    return (value if isinstance(value, str) else json.dumps(value))[:PREVIEW_CHARS]
-
-
-def _http_status(root: ReceivedSpan) -> int | None:
-    value = root.attributes.get(Keys.HTTP_STATUS)
-    try:
-        return int(json.loads(value)) if isinstance(value, str) else None
-    except (ValueError, TypeError):
-        return None
 
 
 class SpanStore:
@@ -191,8 +52,9 @@ class SpanStore:
         self.max_age = max_age or None
         self._local = threading.local()
         self._age_checked = 0.0
+        self._redactor = Redactor()
         connection = self._connection()
-        connection.executescript(_SCHEMA)
+        connection.executescript(SCHEMA)
         self._index_earlier_spans(connection)
 
     def _connection(self) -> sqlite3.Connection:
@@ -220,7 +82,7 @@ class SpanStore:
                         "inbox: indexing %d traces stored by an earlier version", len(trace_ids)
                     )
                 connection.execute("INSERT OR REPLACE INTO meta VALUES ('traces', 0)")
-                self._reindex(connection, trace_ids, time.time())
+                reindex(connection, trace_ids, time.time(), self._redactor)
                 count = connection.execute("SELECT count(*) FROM spans").fetchone()[0]
                 connection.executemany(
                     "INSERT OR REPLACE INTO meta VALUES (?, ?)",
@@ -231,9 +93,11 @@ class SpanStore:
             raise
         connection.execute("COMMIT")
 
-    def add(self, spans: Iterable[ReceivedSpan]) -> None:
-        """Store one export batch atomically (re-sent spans replace the earlier copy), update
-        its traces' and threads' rows, then apply retention."""
+    def add(self, spans: Iterable[ReceivedSpan], *, index: bool = True) -> None:
+        """Store one export batch atomically (re-sent spans replace the earlier copy) and
+        apply retention. Its traces' and threads' rows are rebuilt now, or with ``index=False``
+        by the next :meth:`index_pending` (the inbox's indexer thread, so that receiving
+        never waits on indexing)."""
         batch = list(spans)
         now = time.time()
         connection = self._connection()
@@ -242,116 +106,55 @@ class SpanStore:
             before = connection.total_changes
             connection.executemany(
                 "INSERT OR IGNORE INTO spans VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [_row_of(s, now) for s in batch],
+                [row_of(s, now) for s in batch],
             )
             added = connection.total_changes - before
             if added < len(batch):  # re-sent spans replace the earlier copy
                 connection.executemany(
                     "INSERT OR REPLACE INTO spans VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [_row_of(s, now) for s in batch],
+                    [row_of(s, now) for s in batch],
                 )
-            self._reindex(connection, list(dict.fromkeys(s.trace_id for s in batch)), now)
+            connection.executemany(
+                "INSERT OR IGNORE INTO pending VALUES (?)",
+                [(trace_id,) for trace_id in dict.fromkeys(s.trace_id for s in batch)],
+            )
             connection.execute("UPDATE meta SET value = value + ? WHERE key = 'spans'", (added,))
             connection.execute("UPDATE meta SET value = value + 1 WHERE key = 'version'")
         except BaseException:
             connection.execute("ROLLBACK")
             raise
         connection.execute("COMMIT")
+        if index:
+            self.index_pending()
         self._retain(connection)
 
-    def _reindex(self, connection: sqlite3.Connection, trace_ids: list[str], now: float) -> None:
-        """Rebuild the rows of ``trace_ids`` and of the threads they belong to."""
-        threads: set[str] = set()
-        for trace_id in trace_ids:
-            earlier = connection.execute(
-                "SELECT thread_id, received_at FROM traces WHERE trace_id = ?", (trace_id,)
-            ).fetchone()
-            if earlier is not None and earlier[0] is not None:
-                threads.add(earlier[0])
-            if earlier is None:
-                connection.execute("UPDATE meta SET value = value + 1 WHERE key = 'traces'")
-            spans = self._trace_spans(connection, trace_id)
-            roots = roots_of(spans)
-            received_at = earlier[1] if earlier is not None else now
-            connection.execute("DELETE FROM trace_text WHERE trace_id = ?", (trace_id,))
-            if not roots:
-                connection.execute(
-                    "INSERT OR REPLACE INTO traces (trace_id, span_count, received_at) "
-                    "VALUES (?, ?, ?)",
-                    (trace_id, len(spans), received_at),
-                )
-                continue
-            root = roots[0]
-            a = root.attributes
-            thread = thread_of(root) or NO_THREAD_KEY
-            threads.add(thread)
-            row = TraceRow(
-                trace_id=trace_id,
-                thread_id=thread,
-                user_id=_text(a.get(Keys.USER)),
-                tenant_id=_text(a.get(Keys.TENANT)),
-                agent=_text(a.get(Keys.AGENT)),
-                level=level(root),
-                http_status=_http_status(root),
-                status_message=_text(a.get(Keys.STATUS_MESSAGE)),
-                start_ns=root.start_ns,
-                end_ns=root.end_ns,
-                input=_text(a.get(Keys.TRACE_INPUT)),
-                output=_text(a.get(Keys.TRACE_OUTPUT)),
-                user_said=said(a.get(Keys.TRACE_INPUT), role="user"),
-                agent_said=said(a.get(Keys.TRACE_OUTPUT), role="assistant"),
-                span_count=len(spans),
-                violations=len(check_trace(spans)),
-            )
-            connection.execute(
-                "INSERT OR REPLACE INTO traces VALUES "
-                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?)",
-                (*row.as_tuple(), received_at),
-            )
-            connection.execute(
-                "INSERT INTO trace_text VALUES (?, ?, ?)", (trace_id, row.input, row.output)
-            )
-        for thread in threads:
-            self._rebuild_thread(connection, thread)
-
-    def _rebuild_thread(self, connection: sqlite3.Connection, thread: str) -> None:
-        summary = connection.execute(
-            "SELECT count(*), sum(level = 'ERROR'), sum(violations), min(start_ns), "
-            "max(end_ns) FROM traces WHERE thread_id = ? AND rooted",
-            (thread,),
-        ).fetchone()
-        if not summary[0]:
-            connection.execute("DELETE FROM threads WHERE thread_id = ?", (thread,))
-            return
-
-        def distinct(column: str) -> str:
-            values = connection.execute(
-                f"SELECT DISTINCT {column} FROM traces WHERE thread_id = ? AND rooted "
-                f"AND {column} IS NOT NULL AND {column} != '' ORDER BY {column}",
-                (thread,),
-            )
-            return json.dumps([v[0] for v in values])
-
-        last = connection.execute(
-            "SELECT user_said FROM traces WHERE thread_id = ? AND rooted "
-            "ORDER BY start_ns DESC LIMIT 1",
-            (thread,),
-        ).fetchone()
-        connection.execute(
-            "INSERT OR REPLACE INTO threads VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                thread,
-                distinct("user_id"),
-                distinct("tenant_id"),
-                distinct("agent"),
-                summary[0],
-                summary[1] or 0,
-                summary[2] or 0,
-                summary[3],
-                summary[4],
-                last[0] if last else None,
-            ),
-        )
+    def index_pending(self, per_transaction: int = 100) -> int:
+        """Rebuild the rows of every trace stored since the last call, ``per_transaction``
+        traces at a time; returns how many."""
+        done = 0
+        connection = self._connection()
+        while True:
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                trace_ids = [
+                    r[0]
+                    for r in connection.execute(
+                        "SELECT trace_id FROM pending LIMIT ?", (per_transaction,)
+                    )
+                ]
+                if trace_ids:
+                    reindex(connection, trace_ids, time.time(), self._redactor)
+                    connection.executemany(
+                        "DELETE FROM pending WHERE trace_id = ?", [(t,) for t in trace_ids]
+                    )
+                    connection.execute("UPDATE meta SET value = value + 1 WHERE key = 'version'")
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
+            connection.execute("COMMIT")
+            done += len(trace_ids)
+            if len(trace_ids) < per_transaction:
+                return done
 
     def _retain(self, connection: sqlite3.Connection) -> None:
         """Delete the oldest traces beyond ``max_spans`` (down to 95% of it, so deletion
@@ -361,7 +164,7 @@ class SpanStore:
             chosen: list[str] = []
             total = 0
             for trace_id, count in connection.execute(
-                "SELECT trace_id, span_count FROM traces ORDER BY received_at, rowid"
+                "SELECT trace_id, span_count FROM traces ORDER BY received_at, id"
             ):
                 chosen.append(trace_id)
                 total += count
@@ -395,12 +198,17 @@ class SpanStore:
                 deleted += connection.execute(
                     "DELETE FROM spans WHERE trace_id = ?", (trace_id,)
                 ).rowcount
+                connection.execute(
+                    "DELETE FROM trace_text WHERE rowid = "
+                    "(SELECT id FROM traces WHERE trace_id = ?)",
+                    (trace_id,),
+                )
                 removed += connection.execute(
                     "DELETE FROM traces WHERE trace_id = ?", (trace_id,)
                 ).rowcount
-                connection.execute("DELETE FROM trace_text WHERE trace_id = ?", (trace_id,))
+                connection.execute("DELETE FROM pending WHERE trace_id = ?", (trace_id,))
             for thread in threads:
-                self._rebuild_thread(connection, thread)
+                rebuild_thread(connection, thread)
             connection.execute("UPDATE meta SET value = value - ? WHERE key = 'spans'", (deleted,))
             connection.execute("UPDATE meta SET value = value - ? WHERE key = 'traces'", (removed,))
             connection.execute("UPDATE meta SET value = value + 1 WHERE key = 'version'")
@@ -417,22 +225,15 @@ class SpanStore:
     def spans(self, where: str = "", args: tuple[Any, ...] = ()) -> list[ReceivedSpan]:
         """Stored spans (optionally filtered by an SQL condition), oldest first. Reads every
         matching span: the pages and commands use the indexed queries below."""
-        query = f"SELECT {_SPAN_COLUMNS} FROM spans"
+        query = f"SELECT {SPAN_COLUMNS} FROM spans"
         if where:
             query += f" WHERE {where}"
         rows = self._connection().execute(query + " ORDER BY start_ns", args).fetchall()
-        return [_span_of(r) for r in rows]
-
-    @staticmethod
-    def _trace_spans(connection: sqlite3.Connection, trace_id: str) -> list[ReceivedSpan]:
-        rows = connection.execute(
-            f"SELECT {_SPAN_COLUMNS} FROM spans WHERE trace_id = ? ORDER BY start_ns", (trace_id,)
-        ).fetchall()
-        return [_span_of(r) for r in rows]
+        return [span_of(r) for r in rows]
 
     def trace(self, trace_id: str) -> list[ReceivedSpan]:
         """One trace's spans, oldest first (empty for an unknown id)."""
-        return self._trace_spans(self._connection(), trace_id)
+        return trace_spans(self._connection(), trace_id)
 
     def version(self) -> int:
         """The change marker: different after every stored batch and every deletion."""
@@ -499,12 +300,13 @@ class SpanStore:
 
     @staticmethod
     def _search_traces() -> str:
-        """Threads with a turn whose input or output contains the text: the trigram index
-        for three characters or more, a scan of the previews for shorter text."""
+        """Threads with a turn whose input or output (what the user said, what the agent
+        answered) contains the text: the trigram index for three characters or more, a scan
+        for shorter text."""
         return (
-            "SELECT t.thread_id FROM traces t WHERE t.rooted AND (t.trace_id IN "
-            "(SELECT trace_id FROM trace_text WHERE trace_text MATCH ?) OR (? AND "
-            "(instr(lower(t.input), ?) OR instr(lower(t.output), ?))))"
+            "SELECT t.thread_id FROM traces t WHERE t.rooted AND (t.id IN "
+            "(SELECT rowid FROM trace_text WHERE trace_text MATCH ?) OR (? AND "
+            "(instr(lower(t.user_said), ?) OR instr(lower(t.agent_said), ?))))"
         )
 
     @staticmethod
@@ -540,61 +342,3 @@ class SpanStore:
         if connection is not None:
             connection.close()
             self._local.connection = None
-
-
-class Inbox:
-    """The receiver wired to a :class:`SpanStore`, printing a line per arriving trace, with
-    the web view (:mod:`lemma_middleware.inbox.web`) on the same port."""
-
-    def __init__(
-        self,
-        db: str | Path | None = None,
-        *,
-        port: int = DEFAULT_PORT,
-        keys: dict[str, str] | None = None,
-        bearer: str | None = None,
-        announce: Callable[[str], None] | None = print,
-        max_spans: int | None = DEFAULT_MAX_SPANS,
-        max_age: float | None = None,
-    ) -> None:
-        self.store = SpanStore(
-            db if db is not None else default_db(), max_spans=max_spans, max_age=max_age
-        )
-        self.announce = announce
-        self.receiver = OTLPReceiver(
-            port=port,
-            keys=keys,
-            bearer=bearer,
-            on_spans=self._on_spans,
-            routes=view_routes(self.store),
-        )
-
-    @property
-    def base_url(self) -> str:
-        """What ``LANGFUSE_HOST`` points at, and where the web view is."""
-        return self.receiver.base_url
-
-    def _on_spans(self, spans: list[ReceivedSpan]) -> None:
-        self.store.add(spans)
-        if self.announce is not None:
-            for root in roots_of(spans):
-                self.announce(summary_line(root, spans))
-
-    def start(self) -> Inbox:
-        """Serve in a background thread."""
-        self.receiver.start()
-        return self
-
-    def serve_forever(self) -> None:
-        """Serve in this thread until interrupted (SIGINT, SIGTERM)."""
-        self.receiver.serve_forever()
-
-    def stop(self) -> None:
-        """Stop serving."""
-        self.receiver.stop()
-
-    def __enter__(self) -> Inbox:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

@@ -5,7 +5,7 @@ an arriving trace's line."""
 from __future__ import annotations
 
 import json
-from dataclasses import astuple, dataclass
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from lemma_middleware.core.attributes import Keys
@@ -65,8 +65,6 @@ class TraceRow:
     status_message: str | None
     start_ns: int
     end_ns: int
-    input: str | None
-    output: str | None
     user_said: str | None
     agent_said: str | None
     span_count: int
@@ -74,12 +72,12 @@ class TraceRow:
 
     COLUMNS: ClassVar[str] = (
         "trace_id, thread_id, user_id, tenant_id, agent, level, http_status, status_message, "
-        "start_ns, end_ns, input, output, user_said, agent_said, span_count, violations"
+        "start_ns, end_ns, user_said, agent_said, span_count, violations"
     )
 
     def as_tuple(self) -> tuple[Any, ...]:
         """The row's values in :attr:`COLUMNS` order."""
-        return astuple(self)
+        return tuple(vars(self).values())
 
     @property
     def duration_ms(self) -> float:
@@ -132,7 +130,7 @@ def said(value: Any, *, role: str, depth: int = 0) -> str | None:
         if value.get("type") == "text" and isinstance(value.get("text"), str):
             return str(value["text"])[:2000]
         for key in _SAID_KEYS:
-            if key in value and value[key] not in (None, ""):
+            if value.get(key) is not None:
                 return said(value[key], role=role, depth=depth + 1)
         return json.dumps(value)[:2000]
     return json.dumps(value)[:2000]

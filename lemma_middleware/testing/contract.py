@@ -28,9 +28,10 @@ Spans may be :class:`~lemma_middleware.receiver.ReceivedSpan` (the inbox) or Ope
 
 from __future__ import annotations
 
+import functools
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,24 +117,31 @@ def _secret_problems(span: ReceivedSpan, redactor: Redactor) -> list[str]:
                 document = json.loads(value)
             except ValueError:
                 continue
-            leaked = _unredacted_fields(document, redactor)
+            leaked = _unredacted_fields(document, _sensitivity(redactor))
             if leaked:
                 problems.append(f"{span.name}: {key} has unredacted {', '.join(sorted(leaked))}")
     return problems
 
 
-def _unredacted_fields(value: Any, redactor: Redactor) -> set[str]:
+@functools.cache
+def _sensitivity(redactor: Redactor) -> Callable[[str], bool]:
+    """``redactor.is_sensitive``, remembered per key (bounded: keys are untrusted), as the
+    same few keys (``role``, ``content``) fill every conversation history."""
+    return functools.lru_cache(maxsize=4096)(redactor.is_sensitive)
+
+
+def _unredacted_fields(value: Any, is_sensitive: Callable[[str], bool]) -> set[str]:
     found: set[str] = set()
     if isinstance(value, dict):
         for key, item in value.items():
-            if isinstance(key, str) and redactor.is_sensitive(key):
+            if isinstance(key, str) and is_sensitive(key):
                 if item not in (REDACTED, None, ""):
                     found.add(key)
             else:
-                found |= _unredacted_fields(item, redactor)
+                found |= _unredacted_fields(item, is_sensitive)
     elif isinstance(value, list):
         for item in value:
-            found |= _unredacted_fields(item, redactor)
+            found |= _unredacted_fields(item, is_sensitive)
     return found
 
 
