@@ -29,7 +29,7 @@ from typing import Any
 
 import httpx
 
-from bench.harness import HEADERS, ROOT, free_port
+from bench.harness import HEADERS, ROOT, Inbox
 from bench.traffic import conversation
 from lemma_middleware.core.attributes import Keys
 from lemma_middleware.inbox.store import SpanStore
@@ -172,25 +172,13 @@ def _median_ms(fetch: Callable[[], Any], repeat: int, warm: bool = True) -> floa
 
 @contextlib.contextmanager
 def _serving(db: Path) -> Iterator[str]:
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "lemma_middleware", "inbox", "--db", str(db), "--port", str(port)],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
+    """``lemma-middleware inbox`` serving ``db`` in its own process; its URL."""
+    inbox = Inbox(db)
+    inbox.start()
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            with contextlib.suppress(httpx.HTTPError):
-                httpx.get(f"{url}/api/state", timeout=5)
-                break
-            time.sleep(0.1)
-        yield url
+        yield f"http://127.0.0.1:{inbox.port}"
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        inbox.stop()
 
 
 def measure(spans: int, folder: Path, before: bool, repeat: int) -> InboxFigures:
@@ -217,10 +205,13 @@ def measure(spans: int, folder: Path, before: bool, repeat: int) -> InboxFigures
                 http.get(target).raise_for_status()
 
             pages[name] = _median_ms(fetch, repeat)
-    started = time.perf_counter()
     command = [sys.executable, "-m", "lemma_middleware", "threads", "--db", str(db)]
-    subprocess.run(command, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-    threads_s = time.perf_counter() - started
+    threads_s = (
+        _median_ms(
+            lambda: subprocess.run(command, cwd=ROOT, check=True, stdout=subprocess.DEVNULL), 3
+        )
+        / 1000
+    )
     size_mb = db.stat().st_size / 2**20
     figures = InboxFigures(store.span_count(), pages, threads_s, ingest, index_rate, size_mb)
     if before and (old := _old_views(folder)) is not None:
