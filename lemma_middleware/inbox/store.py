@@ -37,7 +37,8 @@ DEFAULT_MAX_SPANS = 1_000_000
 
 class SpanStore:
     """Spans in a SQLite file: WAL mode, one connection per thread, one transaction per
-    export batch (a batch is stored whole or not at all, with its trace and thread rows)."""
+    export batch (a batch is stored whole or not at all; its traces' and threads' rows are
+    rebuilt in a transaction of their own, at once or by :meth:`index_pending`)."""
 
     def __init__(
         self,

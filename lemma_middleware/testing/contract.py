@@ -123,10 +123,11 @@ def _secret_problems(span: ReceivedSpan, redactor: Redactor) -> list[str]:
     return problems
 
 
-@functools.cache
+@functools.lru_cache(maxsize=8)
 def _sensitivity(redactor: Redactor) -> Callable[[str], bool]:
     """``redactor.is_sensitive``, remembered per key (bounded: keys are untrusted), as the
-    same few keys (``role``, ``content``) fill every conversation history."""
+    same few keys (``role``, ``content``) fill every conversation history; for the last few
+    redactors (a test suite makes one per check)."""
     return functools.lru_cache(maxsize=4096)(redactor.is_sensitive)
 
 
