@@ -28,13 +28,17 @@ from django.core.handlers.wsgi import WSGIRequest  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 from django.http import HttpRequest, HttpResponse  # noqa: E402
 from django.test import AsyncClient, Client, override_settings  # noqa: E402
+from django.utils.functional import SimpleLazyObject, empty  # noqa: E402
 from hypothesis import given, settings  # noqa: E402
 from opentelemetry.sdk.trace import ReadableSpan  # noqa: E402
 from rest_framework.authtoken.models import Token  # noqa: E402
 
 from lemma_middleware.django import LemmaMiddleware, lemma_checks  # noqa: E402
 from lemma_middleware.sdk import django_request  # noqa: E402
-from lemma_middleware.sdk.django_request import check_django_internals  # noqa: E402
+from lemma_middleware.sdk.django_request import (  # noqa: E402
+    check_django_internals,
+    check_session_user,
+)
 from lemma_middleware.testing.plugin import TraceCapture  # noqa: E402
 
 from .helpers import Captured  # noqa: E402
@@ -168,6 +172,66 @@ def test_an_anonymous_request_has_no_user(traced: Captured) -> None:
     assert "user.id" not in root_of(traced).attributes
 
 
+def lazy_user_loaded(response: Any) -> bool:
+    """Whether the request's lazy ``request.user`` was evaluated (by anyone)."""
+    request = response.wsgi_request
+    user = vars(request).get("user")
+    evaluated = object.__getattribute__(user, "_wrapped") is not empty
+    return evaluated or "_cached_user" in vars(request)
+
+
+def test_an_anonymous_request_without_a_session_has_no_user_and_nothing_is_loaded(
+    traced: Captured,
+) -> None:
+    """No session cookie: AuthenticationMiddleware's user is anonymous, which the middleware
+    tells without loading it (Django's get_user finds no user id in an empty session)."""
+    response = post(Client(), "/chat/t-2")
+    assert "user.id" not in root_of(traced).attributes
+    assert not lazy_user_loaded(response)
+
+
+def test_without_the_session_user_check_the_anonymous_user_is_loaded(
+    traced: Captured, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(django_request, "check_session_user", lambda: False)
+    response = post(Client(), "/chat/t-2")
+    assert "user.id" not in root_of(traced).attributes
+    assert lazy_user_loaded(response)  # the public way: request.user evaluated
+
+
+class LazyBob:
+    """A project's own middleware setting a lazy user of its own (a token lookup, say)."""
+
+    def __init__(self, get_response: Any) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> Any:
+        request.user = SimpleLazyObject(lambda: User.objects.get(username="bob"))
+        return self.get_response(request)
+
+
+def test_another_middlewares_lazy_user_is_loaded_without_a_session(traced: Captured) -> None:
+    """Only AuthenticationMiddleware's own lazy user is known anonymous without a session."""
+    from django.conf import settings as django_settings
+
+    chain = [*django_settings.MIDDLEWARE, f"{__name__}.LazyBob"]
+    with override_settings(MIDDLEWARE=chain):
+        response = post(Client(), "/chat/t-3")
+    assert root_of(traced).attributes["user.id"] == "bob"
+    assert lazy_user_loaded(response)
+
+
+def test_with_use_auth_user_off_the_user_is_neither_loaded_nor_recorded(
+    traced: Captured,
+) -> None:
+    client = Client()
+    client.force_login(User.objects.get(username="alice"))
+    with override_settings(LEMMA_USE_AUTH_USER=False):
+        response = post(client, "/chat/t-5")
+    assert "user.id" not in root_of(traced).attributes
+    assert not lazy_user_loaded(response)
+
+
 def test_the_user_id_field_setting_picks_what_is_recorded(traced: Captured) -> None:
     client = Client()
     alice = User.objects.get(username="alice")
@@ -259,6 +323,7 @@ def test_django_private_request_state_is_where_the_adapter_expects_it() -> None:
     """The start-up check passes on the installed Django (a failing one is logged, and the
     public API takes over: the next test)."""
     assert check_django_internals() == (True, True)
+    assert check_session_user()
 
 
 @pytest.mark.parametrize("chain", ["sync", "async"])

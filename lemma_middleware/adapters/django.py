@@ -63,13 +63,17 @@ from lemma_middleware.core.options import (
 from lemma_middleware.core.recording import Exchange, RequestInfo
 from lemma_middleware.request.trace import RequestTrace
 from lemma_middleware.sdk.django_request import (
+    anonymous_without_session,
     check_django_internals,
+    check_session_user,
     loaded_user,
     request_stream,
     tee_request_stream,
 )
 
 MIDDLEWARE_PATH = "lemma_middleware.django.LemmaMiddleware"
+_BODY_HEADERS = ("Content-Type", "Content-Encoding")
+"""The response headers that say how to read its body (Django's lookup ignores case)."""
 USER_ID_FIELD = "LEMMA_USER_ID_FIELD"
 """The Django setting naming the user attribute recorded as the user id (default ``pk``)."""
 _DJANGO_SETTINGS = {USER_ID_FIELD}
@@ -165,7 +169,14 @@ def user_id(user: object, field: str) -> str | None:
 class DjangoExchange(Exchange):
     """One traced Django request: the teed body, the trace, the response's recording."""
 
-    __slots__ = ("django_request", "loaded_user", "request_info", "trace", "trace_id_header")
+    __slots__ = (
+        "django_request",
+        "loaded_user",
+        "request_info",
+        "trace",
+        "trace_id_header",
+        "wants_user",
+    )
 
     def __init__(self, tracing: Tracing, request: HttpRequest, user_field: str) -> None:
         super().__init__(tracing.options)
@@ -173,6 +184,7 @@ class DjangoExchange(Exchange):
         self.trace_id_header = tracing.options.trace_id_header
         self.trace: RequestTrace | None = None
         self.loaded_user: object = None  # the user this middleware loaded
+        self.wants_user = tracing.options.use_auth_user
         body = self.request_body
         if body is not None and not tee_request_stream(request, lambda s: TeeInput(s, body)):
             self.request_body = None  # not readable as the app reads it: not recorded
@@ -192,9 +204,15 @@ class DjangoExchange(Exchange):
         )
 
     def user_unloaded(self) -> bool:
-        """Whether ``request.user`` is set but nobody has loaded it yet."""
+        """Whether ``request.user`` is wanted (``use_auth_user``), set, not loaded yet, and
+        not known to be anonymous without loading it (no session)."""
         request = self.django_request
-        return "user" in vars(request) and (loaded_user(request) or self.loaded_user) is None
+        return (
+            self.wants_user
+            and "user" in vars(request)
+            and (loaded_user(request) or self.loaded_user) is None
+            and not anonymous_without_session(request)
+        )
 
     def load_user(self) -> None:
         """Load a lazy ``request.user`` nobody has loaded (sync: a query in this thread)."""
@@ -219,18 +237,19 @@ class DjangoExchange(Exchange):
         assert trace is not None
         request = self.django_request
         with contained("reading the response", "the response is sent as it is"):
-            self.response_started(response.status_code, response.items())
+            wanted = [(name, response[name]) for name in _BODY_HEADERS if name in response]
+            self.response_started(response.status_code, wanted)  # not every header: these
             if self.trace_id_header is not None:
                 response[self.trace_id_header.decode("latin-1")] = trace.trace_id
             match = request.resolver_match
             self.route = match.route if match is not None else None
-        trace.sync_auth_user(last_chance=True)
-        if not response.streaming:
+        if not response.streaming:  # finish() looks for the user a last time
             if self.response_body is not None:
                 self.response_body.feed(response.content)  # type: ignore[attr-defined]
             self.completed_at = time.time_ns()
             self.finish()
             return response
+        trace.sync_auth_user(last_chance=True)  # the auth context ends before the stream
         with contained("wrapping the streamed response", "its content is not recorded"):
             if isinstance(response, FileResponse):
                 self.response_body = None  # a file: sent as it is, not recorded
@@ -358,6 +377,7 @@ class LemmaMiddleware:
             self.process_view = self._process_view_async  # type: ignore[method-assign,assignment]
         _fail_on_check_errors()
         check_django_internals()
+        check_session_user()
         try:
             self.tracing = Tracing(**_settings_options())
         except OptionError as error:
@@ -420,18 +440,17 @@ class LemmaMiddleware:
         return exchange
 
     def process_view(self, request: HttpRequest, *view: object) -> None:
-        """Load the user before the view runs (``request.user`` is set by then), so that the
-        root and every span the view makes carry it (one query for a session user)."""
+        """Load the user before the view runs (``request.user`` is set by then), so that
+        every span the view makes carries it (one query for a session user; each span picks
+        it up as it starts)."""
         exchange = getattr(request, "lemma_exchange", None)
         if isinstance(exchange, DjangoExchange) and exchange.trace is not None:
             exchange.load_user()
-            exchange.trace.sync_auth_user()
 
     async def _process_view_async(self, request: HttpRequest, *view: object) -> None:
         exchange = getattr(request, "lemma_exchange", None)
         if isinstance(exchange, DjangoExchange) and exchange.trace is not None:
             await exchange.load_user_async()
-            exchange.trace.sync_auth_user()
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> None:
         """Note a view's exception (Django answers it with a 500 page). Django calls every

@@ -12,10 +12,9 @@ Any other ``except`` in the package handles an expected failure of something out
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 logger = logging.getLogger("lemma_middleware")
@@ -70,24 +69,43 @@ UNTRACED = "the request is served untraced"
 """What it costs when a request's trace cannot start."""
 
 
-@contextlib.contextmanager
+class Containment:
+    """The context manager :func:`contained` returns (a class, not a generator: it runs
+    several times per request, and this costs a third of ``contextlib``'s)."""
+
+    __slots__ = ("consequence", "level", "what")
+
+    def __init__(self, what: str, consequence: str, level: int) -> None:
+        self.what = what
+        self.consequence = consequence
+        self.level = level
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, tb: object
+    ) -> bool:
+        if error is None or not isinstance(error, Exception):
+            return False  # nothing raised, or not an error: it goes through
+        log_once(
+            f"{self.what}:{type(error).__name__}",
+            self.level,
+            "lemma_middleware: %s failed (%s: %s); %s (logged once)",
+            self.what,
+            type(error).__name__,
+            error,
+            self.consequence,
+            exc_info=error,
+        )
+        return True
+
+
 def contained(
     what: str, consequence: str = "ignored", *, level: int = logging.ERROR
-) -> Iterator[None]:
+) -> Containment:
     """Run the block; an exception it raises is an internal error: logged once per ``what``
     and error type (``lemma_middleware: <what> failed (<Type>: <message>); <consequence>``)
     and not raised. Exceptions that are not errors (``KeyboardInterrupt``, ``SystemExit``,
     cancellation) go through."""
-    try:
-        yield
-    except Exception as error:
-        log_once(
-            f"{what}:{type(error).__name__}",
-            level,
-            "lemma_middleware: %s failed (%s: %s); %s (logged once)",
-            what,
-            type(error).__name__,
-            error,
-            consequence,
-            exc_info=error,
-        )
+    return Containment(what, consequence, level)

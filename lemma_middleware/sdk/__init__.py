@@ -59,5 +59,9 @@ Django's ``LazyObject.        reading a ``request.user``    only the user the mi
 _wrapped``, the request's     the app already loaded        (``request.user`` / ``auser()``,
 ``_cached_user``,             (no second load)              public) is recorded
 ``_acached_user``
+Django's ``SimpleLazyObject.    telling, without loading it,  the anonymous user of a request
+_setupfunc`` (the lazy user     that ``request.user`` is      without a session is loaded (a few
+``AuthenticationMiddleware``    anonymous (no session:        microseconds, no query)
+sets)                           no session user)
 ==============================  ============================  =====================================
 """

@@ -8,6 +8,10 @@
   code is read without loading it again. Without them only the user the middleware loads
   itself (before the view, or after it) is recorded: the public ``request.user`` /
   ``request.auser()``.
+* ``SimpleLazyObject._setupfunc``: whether ``request.user`` is the lazy user Django's
+  ``AuthenticationMiddleware`` sets, so that on a request without a session (no session
+  cookie) it is known to be anonymous without loading it: Django's ``get_user`` finds no
+  user id in an empty session. Without it that user is loaded (a few microseconds).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from functools import cache
 from typing import Any
 
 from django.core.handlers.wsgi import WSGIRequest
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 from django.utils.functional import LazyObject, SimpleLazyObject, empty
 
 from lemma_middleware.sdk.probe import report_missing
@@ -84,7 +88,55 @@ def loaded_user(request: HttpRequest) -> object:
         return user
     if not check_django_internals()[1]:
         return None
-    wrapped = vars(user).get("_wrapped", empty)  # the object, once the lazy user was evaluated
+    wrapped = _lazy_state(user).get("_wrapped", empty)  # the object, once evaluated
     if wrapped is empty:
         return state.get("_cached_user") or state.get("_acached_user")
     return wrapped
+
+
+def _lazy_state(lazy: object) -> dict[str, Any]:
+    """A lazy object's own attributes, read past its ``__getattribute__`` (which costs a
+    proxy check per read)."""
+    state: dict[str, Any] = object.__getattribute__(lazy, "__dict__")
+    return state
+
+
+_SESSION_USER = "AuthenticationMiddleware.process_request.<locals>.<lambda>"
+"""The qualified name of the function behind ``AuthenticationMiddleware``'s lazy user."""
+
+
+@cache
+def check_session_user() -> bool:
+    """Whether :func:`anonymous_without_session` can tell (checked once, against a real
+    ``AuthenticationMiddleware`` on a request with an empty session: its lazy user is
+    recognised, and anonymous when loaded)."""
+    try:
+        from django.contrib.auth.middleware import AuthenticationMiddleware
+        from django.contrib.sessions.backends.base import SessionBase
+
+        probe = HttpRequest()
+        probe.session = SessionBase()
+        AuthenticationMiddleware(HttpResponse).process_request(probe)
+        user = vars(probe)["user"]
+        recognised = getattr(_lazy_state(user).get("_setupfunc"), "__qualname__", None)
+        return recognised == _SESSION_USER and user.is_authenticated is False
+    except Exception:  # no auth app, another Django: the user is loaded instead
+        return False
+
+
+def anonymous_without_session(request: HttpRequest) -> bool:
+    """Whether ``request.user`` is ``AuthenticationMiddleware``'s lazy user, not loaded yet,
+    on a request without a session: anonymous, told without loading it. False when it cannot
+    be told (another middleware's user, a session, a Django this was not checked on)."""
+    state = vars(request)
+    user = state.get("user")
+    if not isinstance(user, SimpleLazyObject) or not check_session_user():
+        return False
+    lazy = _lazy_state(user)
+    if lazy.get("_wrapped", empty) is not empty:
+        return False
+    setup = lazy.get("_setupfunc")
+    if getattr(setup, "__qualname__", None) != _SESSION_USER:
+        return False
+    session = state.get("session")
+    return session is not None and getattr(session, "session_key", "") is None
