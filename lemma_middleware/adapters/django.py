@@ -1,45 +1,32 @@
 """Django: one middleware for WSGI and ASGI Django, listed first in ``settings.MIDDLEWARE``.
 
-``lemma_middleware.django.LemmaMiddleware`` is a Django middleware (``get_response``), sync
-and async capable: under ASGI it is a coroutine and runs in the request's task (no thread
-hop); under WSGI it is a plain function. Options come from settings, ``LEMMA_<OPTION>``, the
-names :class:`~lemma_middleware.LemmaFlask` reads from ``app.config``.
+``lemma_middleware.django.LemmaMiddleware`` is sync and async capable: under ASGI a coroutine
+in the request's task (no thread hop), under WSGI a plain function. Options come from
+settings, ``LEMMA_<OPTION>``, the names :class:`~lemma_middleware.LemmaFlask` reads from
+``app.config``. What it learns from Django:
 
-What it learns from Django:
-
-* **The user.** ``request.user`` as any auth backend sets it (session,
-  ``RemoteUserMiddleware``, custom), and the user Django REST framework authenticates in
-  the view (DRF assigns it to the Django request). While the request runs, only a user
-  already loaded is read (a lazy ``request.user`` nobody evaluated is left alone: no query
-  from inside the app's code, none in async code). When the view has returned, a user not
-  loaded yet is loaded once: ``await request.auser()`` under ASGI, ``request.user`` under
-  WSGI. Recorded: the user's primary key (``pk``), or the attribute setting
-  ``LEMMA_USER_ID_FIELD`` names (``"username"``, ``"email"``, ...).
-* **The route:** ``request.resolver_match.route`` as urls.py declares it
-  (``chat/<str:thread_id>``; a ``re_path`` gives its pattern), in the metadata key every
-  adapter uses.
-* **View exceptions** (``process_exception``): recorded as ``ERROR`` with ``Type: message``
-  although Django answers them with a 500 page.
-* **The request body as Django reads it**: the request's stream is teed (no second read);
-  a failed request's unread body is read afterwards, as the other adapters do.
-* **Responses:** a plain response's content is recorded and the root ends as the response
-  leaves the middleware; a ``StreamingHttpResponse`` (sync or async iterator) is recorded
-  chunk by chunk, each chunk produced inside the request's context, and the root ends at
-  the last chunk or at ``close()``; a ``FileResponse``'s content is not recorded (and its
-  file is still sent with the server's ``wsgi.file_wrapper``).
+* **The user**: ``request.user`` as any auth backend sets it, and the user Django REST
+  framework authenticates in the view. A lazy ``request.user`` is loaded once, before the
+  view (``process_view``; ``await request.auser()`` under ASGI) or after it if no view ran;
+  AuthenticationMiddleware's user on a request without a session is known anonymous without
+  loading it. Recorded: ``pk``, or the attribute ``LEMMA_USER_ID_FIELD`` names.
+* **The route**: ``request.resolver_match.route``; **view exceptions** as ``ERROR`` with
+  ``Type: message`` (Django answers them with a 500 page); **the request body** as Django
+  reads it (its stream teed; a failed request's unread body is read afterwards).
+* **Responses**: a plain response ends the root as it leaves the middleware; a
+  ``StreamingHttpResponse`` (sync or async) is recorded chunk by chunk, each produced in the
+  request's context, and ends at its last chunk or ``close()``; a ``FileResponse`` is sent as
+  it is, not recorded.
 
 Checks (``manage.py check``, and at start-up): the options (``lemma_middleware.E001``), the
-position in ``MIDDLEWARE`` (``E002``: it must be first, so that every other middleware's
-work and responses are inside the trace), and ``LEMMA_`` settings that are no option
-(``W001``). An error fails start-up with ``ImproperlyConfigured`` unless it is listed in
-``SILENCED_SYSTEM_CHECKS``.
+position in ``MIDDLEWARE`` (``E002``: first), ``LEMMA_`` settings that are no option
+(``W001``). An error fails start-up with ``ImproperlyConfigured`` unless silenced.
 """
 
 from __future__ import annotations
 
-import contextvars
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
@@ -49,6 +36,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.http import FileResponse, HttpRequest, HttpResponseBase
 from django.utils.module_loading import import_string
 
+from lemma_middleware.adapters.django_streams import AsyncChunks, SyncChunks
 from lemma_middleware.adapters.tracing import Tracing
 from lemma_middleware.adapters.wsgi import EnvironHeaders, TeeInput
 from lemma_middleware.core.logs import UNTRACED, contained, logger
@@ -255,7 +243,7 @@ class DjangoExchange(Exchange):
                 self.response_body = None  # a file: sent as it is, not recorded
             if getattr(response, "file_to_stream", None) is None:
                 chunks: Any = response.streaming_content  # type: ignore[attr-defined]
-                traced = _AsyncChunks if response.is_async else _SyncChunks  # type: ignore[attr-defined]
+                traced = AsyncChunks if response.is_async else SyncChunks  # type: ignore[attr-defined]
                 response.streaming_content = traced(self, chunks)  # type: ignore[attr-defined]
         close = response.close
 
@@ -284,77 +272,6 @@ class DjangoExchange(Exchange):
                 logger.debug("lemma_middleware: unread request body not read", exc_info=True)
         trace.finish(self, error)
         trace.release()
-
-
-class _SyncChunks:
-    """A streamed response's sync iterator, each chunk produced in the request's context."""
-
-    def __init__(self, exchange: DjangoExchange, chunks: Iterable[bytes]) -> None:
-        self._exchange = exchange
-        self._iterator = iter(chunks)
-        trace = exchange.trace
-        assert trace is not None
-        self._context = contextvars.copy_context()
-        self._context.run(trace.activate)  # for the context's life: never undone
-
-    def __iter__(self) -> Iterator[bytes]:
-        return self
-
-    def __next__(self) -> bytes:
-        exchange = self._exchange
-        try:
-            chunk = self._context.run(next, self._iterator)
-        except StopIteration:
-            exchange.completed_at = time.time_ns()
-            exchange.finish()
-            raise
-        except BaseException as error:
-            exchange.finish(error)
-            raise
-        if exchange.response_body is not None:
-            exchange.response_body.feed(chunk)
-        return chunk
-
-    def close(self) -> None:
-        close = getattr(self._iterator, "close", None)
-        if close is not None:
-            self._context.run(close)
-
-
-class _AsyncChunks:
-    """A streamed response's async iterator, each chunk awaited in the request's context."""
-
-    def __init__(self, exchange: DjangoExchange, chunks: AsyncIterator[bytes]) -> None:
-        self._exchange = exchange
-        self._iterator = aiter(chunks)
-
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        return self
-
-    async def __anext__(self) -> bytes:
-        exchange = self._exchange
-        trace = exchange.trace
-        assert trace is not None
-        token = trace.activate()
-        try:
-            chunk = await anext(self._iterator)
-        except StopAsyncIteration:
-            exchange.completed_at = time.time_ns()
-            exchange.finish()
-            raise
-        except BaseException as error:
-            exchange.finish(error)
-            raise
-        finally:
-            trace.deactivate(token)
-        if exchange.response_body is not None:
-            exchange.response_body.feed(chunk)
-        return chunk
-
-    async def aclose(self) -> None:
-        aclose = getattr(self._iterator, "aclose", None)
-        if aclose is not None:
-            await aclose()
 
 
 # the middleware ------------------------------------------------------------------------
