@@ -150,6 +150,17 @@ def test_the_threads_command_lists_the_newest_fifty_unless_told(
     assert "thread-00" in out and "--limit" not in out
 
 
+@pytest.mark.parametrize("command", [["threads", "--limit", "-1"], ["inbox", "--max-spans", "-5"]])
+def test_a_negative_bound_is_refused_not_read_as_delete_everything(
+    tmp_path: Path, command: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_status:
+        main(["--db", str(tmp_path / "inbox.sqlite3"), *command])
+    assert exit_status.value.code == 2 and "must be 0 or more" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="0 \\(no bound\\) or more"):
+        SpanStore(tmp_path / "inbox.sqlite3", max_spans=-5)
+
+
 def test_filters_errors_and_search_pick_the_threads_with_such_a_turn(tmp_path: Path) -> None:
     store = SpanStore(tmp_path / "inbox.sqlite3")
     store.add(turn(1, "parcel", said_text="Where is my PARCEL?"))

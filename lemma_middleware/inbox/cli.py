@@ -65,6 +65,17 @@ def _age(text: str) -> float:
     return seconds
 
 
+def _count(text: str) -> int:
+    """``--limit``, ``--max-spans``: a whole number, 0 or more (0: no bound)."""
+    try:
+        number = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {number}")
+    return number
+
+
 def _default_db_text() -> str:
     """The default database as a user reads it: the file, with ``~`` for the home folder."""
     path = default_db()
@@ -187,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     inbox.add_argument("--bearer", help="accepted Bearer token (as Lemma's endpoint takes)")
     inbox.add_argument(
         "--max-spans",
-        type=int,
+        type=_count,
         default=DEFAULT_MAX_SPANS,
         metavar="N",
         help=f"keep at most N spans, deleting the oldest traces (default {DEFAULT_MAX_SPANS:,}; "
@@ -204,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     threads = commands.add_parser("threads", help="list conversations")
     threads.add_argument(
         "--limit",
-        type=int,
+        type=_count,
         default=THREADS_SHOWN,
         metavar="N",
         help=f"the N most recently active (default {THREADS_SHOWN}; 0: all)",

@@ -47,6 +47,9 @@ class SpanStore:
         max_spans: int | None = DEFAULT_MAX_SPANS,
         max_age: float | None = None,
     ) -> None:
+        if (max_spans or 0) < 0 or (max_age or 0) < 0:
+            bounds = f"max_spans ({max_spans}) and max_age ({max_age})"
+            raise ValueError(f"{bounds} must be 0 (no bound) or more")
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         self.path = str(path)
         self.max_spans = max_spans or None
