@@ -81,6 +81,17 @@ def test_swapped_keys_do_not_log_the_secret_sent_as_the_public_key(
     assert "sk-lf-real-secret" not in caplog.text
 
 
+def test_a_secret_without_the_sk_prefix_sent_as_the_public_key_is_not_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with OTLPReceiver(keys={"alice": "hunter2"}, bearer="lemma-token") as receiver:
+        assert export(receiver, basic("hunter2", "alice")) == 401  # the pair swapped
+        assert export(receiver, basic("lemma-token", "x")) == 401  # the token as a user
+    assert len(refusals(caplog)) == 1  # the same refusal, once a minute
+    assert "swapped" in caplog.text
+    assert "hunter2" not in caplog.text and "lemma-token" not in caplog.text
+
+
 def test_a_bearer_token_that_does_not_match_says_so_without_the_token(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

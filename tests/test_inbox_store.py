@@ -260,6 +260,75 @@ def test_a_file_an_earlier_version_wrote_is_indexed_when_opened(tmp_path: Path) 
     assert store.span_count() == 6
 
 
+def test_rows_another_version_built_are_rebuilt_from_the_spans_when_opened(
+    tmp_path: Path,
+) -> None:
+    """As a file of the commit before this layout: trace rows without ``id``, a text index
+    of other columns, and a marker but no schema number."""
+    path = tmp_path / "inbox.sqlite3"
+    store = SpanStore(path)
+    store.add(turn(1, "thread-a") + turn(2, "thread-b"))
+    store.close()
+    with sqlite3.connect(path) as old:
+        old.executescript(
+            "DELETE FROM meta WHERE key = 'schema'; DROP TABLE traces; DROP TABLE trace_text; "
+            "CREATE TABLE traces (trace_id TEXT PRIMARY KEY, thread_id TEXT, input TEXT); "
+            "CREATE VIRTUAL TABLE trace_text USING fts5 (trace_id, input, output);"
+        )
+    reopened = SpanStore(path)
+    assert {t.thread_id for t in reopened.threads()} == {"thread-a", "thread-b"}
+    assert [t.thread_id for t in reopened.threads(ThreadQuery(search="hello"))] == [
+        "thread-b",
+        "thread-a",
+    ]
+    reopened.add(turn(3, "thread-a"))  # and it goes on indexing
+    assert reopened.trace_count() == 3 and reopened.span_count() == 9
+
+
+def test_a_trace_that_cannot_be_indexed_is_set_aside_and_the_rest_are_indexed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from lemma_middleware.inbox import indexing
+
+    store = SpanStore(tmp_path / "inbox.sqlite3")
+    good, bad = turn(1, "thread-good"), turn(2, "thread-bad")
+    store.add(good + bad, index=False)
+    real_check = indexing.check_trace
+
+    def check(spans: list[ReceivedSpan], redactor: Any) -> Any:
+        if spans[0].trace_id == bad[0].trace_id:
+            raise RecursionError("a span tree too deep to judge")
+        return real_check(spans, redactor)
+
+    monkeypatch.setattr(indexing, "check_trace", check)
+    with caplog.at_level(logging.WARNING, logger="lemma_middleware.inbox"):
+        assert store.index_pending() == 2
+    assert [t.thread_id for t in store.threads()] == ["thread-good"]
+    assert f"trace {bad[0].trace_id} could not be indexed (RecursionError" in caplog.text
+    assert store.index_pending() == 0  # set aside: not retried forever
+    assert len(store.trace(bad[0].trace_id)) == 3  # its spans are kept
+
+
+def test_a_database_error_while_indexing_is_raised_and_nothing_is_set_aside(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lemma_middleware.inbox import indexing
+
+    store = SpanStore(tmp_path / "inbox.sqlite3")
+    store.add(turn(1, "thread-a"), index=False)
+
+    def locked(*args: Any) -> Any:
+        raise sqlite3.OperationalError("database is locked")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(indexing, "check_trace", locked)
+        with pytest.raises(sqlite3.OperationalError):
+            store.index_pending()
+    assert store.threads() == []
+    assert store.index_pending() == 1  # the next pass indexes it
+    assert [t.thread_id for t in store.threads()] == ["thread-a"]
+
+
 async def test_unknown_threads_and_traces_answer_404_and_state_is_the_marker(
     tmp_path: Path,
 ) -> None:

@@ -213,6 +213,7 @@ def test_a_generation_shows_its_model_and_token_usage(inbox: Inbox, browser: Any
     client = client_for(inbox, "pk-web-generation")
     app = generation_app(client)
     assert turn(client, "thread-gen", "when does it ship?", "carol", app=app) == 200
+    inbox.store.index_pending()  # as the indexer thread does moments later
     (thread,) = inbox.store.threads()
     (row,) = inbox.store.turns(thread.thread_id)
     browser.get(f"{inbox.base_url}/traces/{row.trace_id}")

@@ -256,6 +256,30 @@ def test_a_start_up_check_the_environment_cannot_run_is_no_mismatch(
         otlp._check.cache_clear()
 
 
+@pytest.mark.expect_internal_errors
+def test_any_other_failure_of_the_check_is_a_mismatch_reported_once(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not the interpreter refusing work: an encoder that cannot encode the samples is
+    reported (ERROR) and OpenTelemetry's encoder is used from then on, without re-checking."""
+    calls = []
+
+    def broken(*args: Any) -> Any:
+        calls.append(1)
+        raise RuntimeError("an encoder bug, not an exit")
+
+    otlp._check.cache_clear()
+    try:
+        with monkeypatch.context() as patched:
+            patched.setattr(otlp, "_encode", broken)
+            assert not otlp.matches_opentelemetry()
+            assert not otlp.matches_opentelemetry()
+        assert len(calls) == 1  # decided once
+        assert "encodes spans differently" in caplog.text
+    finally:
+        otlp._check.cache_clear()
+
+
 _EXPORT_AT_EXIT = """
 import atexit, gzip, sys
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans

@@ -202,21 +202,26 @@ class DjangoExchange(Exchange):
             and not anonymous_without_session(request)
         )
 
-    def load_user(self) -> None:
-        """Load a lazy ``request.user`` nobody has loaded (sync: a query in this thread)."""
-        if self.user_unloaded():
-            with contained("loading request.user", "the trace has no user"):
+    def load_user(self) -> bool:
+        """Load a lazy ``request.user`` nobody has loaded (sync: a query in this thread);
+        whether a user may be there (False when none is wanted or it is known anonymous)."""
+        with contained("loading request.user", "the trace has no user"):
+            if self.user_unloaded():
                 user = self.django_request.user
                 _ = user.is_authenticated  # evaluates the lazy object
                 self.loaded_user = user
+            return self.wants_user and not anonymous_without_session(self.django_request)
+        return False
 
-    async def load_user_async(self) -> None:
+    async def load_user_async(self) -> bool:
         """Load a lazy ``request.user`` nobody has loaded, without blocking
-        (``await request.auser()``)."""
+        (``await request.auser()``); whether a user may be there."""
         auser = getattr(self.django_request, "auser", None)
-        if auser is not None and self.user_unloaded():
-            with contained("loading request.auser()", "the trace has no user"):
+        with contained("loading request.auser()", "the trace has no user"):
+            if auser is not None and self.user_unloaded():
                 self.loaded_user = await auser()
+            return self.wants_user and not anonymous_without_session(self.django_request)
+        return False
 
     def respond(self, response: HttpResponseBase) -> HttpResponseBase:
         """Record the response: a plain one ends the trace now, a streaming one when its
@@ -358,16 +363,20 @@ class LemmaMiddleware:
 
     def process_view(self, request: HttpRequest, *view: object) -> None:
         """Load the user before the view runs (``request.user`` is set by then), so that
-        every span the view makes carries it (one query for a session user; each span picks
-        it up as it starts)."""
+        the root, every span the view makes and ``outgoing_headers()`` carry it (one query
+        for a session user; none for a request known anonymous)."""
         exchange = getattr(request, "lemma_exchange", None)
-        if isinstance(exchange, DjangoExchange) and exchange.trace is not None:
-            exchange.load_user()
+        if not isinstance(exchange, DjangoExchange) or exchange.trace is None:
+            return
+        if exchange.load_user():  # the user joins the trace now (outgoing_headers())
+            exchange.trace.sync_auth_user()
 
     async def _process_view_async(self, request: HttpRequest, *view: object) -> None:
         exchange = getattr(request, "lemma_exchange", None)
-        if isinstance(exchange, DjangoExchange) and exchange.trace is not None:
-            await exchange.load_user_async()
+        if not isinstance(exchange, DjangoExchange) or exchange.trace is None:
+            return
+        if await exchange.load_user_async():
+            exchange.trace.sync_auth_user()
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> None:
         """Note a view's exception (Django answers it with a 500 page). Django calls every

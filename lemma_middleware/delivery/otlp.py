@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import struct
+import sys
 from collections.abc import Mapping, Sequence
 from functools import cache
 from typing import Any
@@ -345,25 +346,30 @@ class _CheckNotRun(Exception):
     """The start-up check could not be run here (the environment, not the encoder)."""
 
 
+def _refused_at_exit(error: BaseException) -> bool:
+    """Whether ``error`` is the interpreter refusing work as it shuts down (no new futures,
+    no new threads), not a fault of either encoder."""
+    return isinstance(error, RuntimeError) and (
+        sys.is_finalizing() or "interpreter shutdown" in str(error)
+    )
+
+
 @cache
 def _check() -> bool:
     """Whether :func:`_encode` gives OpenTelemetry's bytes for the sample spans; raises
-    :class:`_CheckNotRun` (which :func:`functools.cache` does not keep) when the comparison
-    could not be made: the sample spans could not be built, or the interpreter refused work
-    (a ``RuntimeError``: at exit it schedules no new futures and starts no threads)."""
+    :class:`_CheckNotRun` (which :func:`functools.cache` does not keep) when the interpreter
+    refused the work (at exit it schedules no new futures and starts no threads). Any other
+    failure, building the samples or encoding them, is a mismatch."""
     try:
         spans = sample_spans()
-    except Exception as error:
-        raise _CheckNotRun(error) from error
-    try:
         same: bool = b"".join(_encode(spans)) == encode_spans(spans).SerializeToString()
         return same and all(
             b"".join(_encode([span])) == encode_spans([span]).SerializeToString() for span in spans
         )
-    except RuntimeError as error:
-        raise _CheckNotRun(error) from error
-    except Exception:  # our encoder or OpenTelemetry's failed on valid spans: a mismatch
-        return False
+    except Exception as error:
+        if _refused_at_exit(error):
+            raise _CheckNotRun(error) from error
+        return False  # our encoder or OpenTelemetry's failed on valid spans: a mismatch
 
 
 def matches_opentelemetry() -> bool:

@@ -142,7 +142,7 @@ def status(row: TraceRow) -> str:
     parts = [str(row.http_status)] if row.http_status is not None else []
     if row.level != "DEFAULT" or not parts:
         parts.append(row.level)
-    return f"<span class='status {row.level.lower()}'>{escape(' '.join(parts))}</span>"
+    return f"<span class='status {escape(row.level.lower())}'>{escape(' '.join(parts))}</span>"
 
 
 def thread_link(thread: str) -> str:

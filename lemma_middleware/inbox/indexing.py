@@ -1,7 +1,7 @@
 """Indexing: a trace's spans become its row (from its root) and its thread's row.
 
-Run in the transaction that stores or deletes spans, or by the inbox's indexer thread for
-what the receiver stored without indexing (the ``pending`` table).
+Run in a transaction of its own after spans are stored (at once, or by the inbox's indexer
+thread for what the receiver stored: the ``pending`` table), and when retention deletes.
 """
 
 from __future__ import annotations

@@ -290,9 +290,9 @@ class OTLPReceiver:
                 f"public key {shown} with a secret key that does not match its --key pair: "
                 f"set LANGFUSE_SECRET_KEY to the SK of --key {shown}:SK"
             )
-        if public.startswith("sk-"):  # never logged: it is a secret key
-            return "basic:sk", (
-                "a secret key (sk-...) as the public key: are LANGFUSE_PUBLIC_KEY and "
+        if public.startswith("sk-") or public in self.keys.values() or public == self.bearer:
+            return "basic:sk", (  # never logged: it is a secret (a key's SK, the token)
+                "a secret key as the public key: are LANGFUSE_PUBLIC_KEY and "
                 f"LANGFUSE_SECRET_KEY swapped? {self._fix}"
             )
         if not self.keys:

@@ -9,9 +9,10 @@ counters (``meta``: spans, traces, and ``version``, the web view's change marker
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,12 @@ def default_db() -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     return folder / "inbox.sqlite3"
 
+
+SCHEMA_VERSION = 2
+"""The layout of the rows built from the spans (``meta``'s ``schema``): a file whose rows
+another version built has them dropped and rebuilt from its spans when opened."""
+DERIVED_TABLES = ("traces", "threads", "trace_text", "pending")
+"""What is built from the spans (the spans themselves are never dropped)."""
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS spans (
@@ -137,3 +144,17 @@ def trace_spans(connection: sqlite3.Connection, trace_id: str) -> list[ReceivedS
         f"SELECT {SPAN_COLUMNS} FROM spans WHERE trace_id = ? ORDER BY start_ns", (trace_id,)
     ).fetchall()
     return [span_of(r) for r in rows]
+
+
+@contextlib.contextmanager
+def transaction(connection: sqlite3.Connection) -> Iterator[None]:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT``; rolled back if anything in it fails (the commit
+    included), so the connection is never left inside a transaction."""
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        connection.execute("COMMIT")
+    except BaseException:
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
+        raise

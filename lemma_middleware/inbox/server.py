@@ -8,6 +8,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from lemma_middleware.core.logs import contained
 from lemma_middleware.inbox.receiver import OTLPReceiver
 from lemma_middleware.inbox.schema import default_db
 from lemma_middleware.inbox.store import DEFAULT_MAX_SPANS, SpanStore
@@ -70,7 +71,7 @@ class Inbox:
             self._stored.wait(timeout=1.0)
             self._stored.clear()
             try:
-                self.store.index_pending()
+                self.store.index_pending(stopping=self._stopping.is_set)
             except Exception:  # a bad moment (a locked file, a full disk): the next pass retries
                 logger.exception("inbox: indexing stored traces failed; retrying")
                 self._stopping.wait(1.0)
@@ -90,7 +91,8 @@ class Inbox:
             self._stored.set()
             self._indexer.join(timeout=30)
             self._indexer = None
-        self.store.index_pending()  # what arrived last is indexed before the inbox ends
+        with contained("indexing what arrived last", "it is indexed when the inbox next opens"):
+            self.store.index_pending()  # what arrived last is indexed before the inbox ends
 
     def start(self) -> Inbox:
         """Serve in a background thread."""

@@ -19,13 +19,22 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from lemma_middleware.core.redaction import Redactor
 from lemma_middleware.inbox.indexing import rebuild_thread, reindex
-from lemma_middleware.inbox.schema import SCHEMA, SPAN_COLUMNS, row_of, span_of, trace_spans
+from lemma_middleware.inbox.schema import (
+    DERIVED_TABLES,
+    SCHEMA,
+    SCHEMA_VERSION,
+    SPAN_COLUMNS,
+    row_of,
+    span_of,
+    trace_spans,
+    transaction,
+)
 from lemma_middleware.inbox.views import ThreadQuery, ThreadSummary, TraceRow
 from lemma_middleware.testing.records import ReceivedSpan
 
@@ -58,6 +67,7 @@ class SpanStore:
         self._age_checked = 0.0
         self._redactor = Redactor()
         connection = self._connection()
+        self._drop_rows_of_another_version(connection)
         connection.executescript(SCHEMA)
         self._index_earlier_spans(connection)
 
@@ -71,31 +81,42 @@ class SpanStore:
             self._local.connection = connection
         return connection
 
+    def _drop_rows_of_another_version(self, connection: sqlite3.Connection) -> None:
+        """Rows built by another version's indexing (``meta`` without this
+        :data:`SCHEMA_VERSION`) are dropped; :meth:`_index_earlier_spans` rebuilds them."""
+        with transaction(connection):
+            tables = {
+                r[0]
+                for r in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            }
+            if "meta" not in tables:
+                return  # a new file, or one with spans only: indexed as it is opened
+            row = connection.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+            if row is not None and row[0] == SCHEMA_VERSION:
+                return
+            logger.info("inbox: rebuilding the trace and thread rows another version built")
+            for table in DERIVED_TABLES:
+                connection.execute(f"DROP TABLE IF EXISTS {table}")
+            connection.execute("DELETE FROM meta WHERE key IN ('version', 'traces', 'schema')")
+
     def _index_earlier_spans(self, connection: sqlite3.Connection) -> None:
-        """A file written by an earlier version has spans but no trace rows: index them once."""
+        """A file whose spans have no trace rows (new, written by an earlier version, or
+        dropped by :meth:`_drop_rows_of_another_version`): index them once."""
         if connection.execute("SELECT 1 FROM meta WHERE key = 'version'").fetchone():
             return
-        connection.execute("BEGIN IMMEDIATE")
-        try:
-            if connection.execute("SELECT 1 FROM meta WHERE key = 'version'").fetchone() is None:
-                trace_ids = [
-                    r[0] for r in connection.execute("SELECT DISTINCT trace_id FROM spans")
-                ]
-                if trace_ids:
-                    logger.info(
-                        "inbox: indexing %d traces stored by an earlier version", len(trace_ids)
-                    )
-                connection.execute("INSERT OR REPLACE INTO meta VALUES ('traces', 0)")
-                reindex(connection, trace_ids, time.time(), self._redactor)
-                count = connection.execute("SELECT count(*) FROM spans").fetchone()[0]
-                connection.executemany(
-                    "INSERT OR REPLACE INTO meta VALUES (?, ?)",
-                    [("version", 1), ("spans", count), ("traces", len(trace_ids))],
-                )
-        except BaseException:
-            connection.execute("ROLLBACK")
-            raise
-        connection.execute("COMMIT")
+        with transaction(connection):
+            if connection.execute("SELECT 1 FROM meta WHERE key = 'version'").fetchone():
+                return
+            trace_ids = [r[0] for r in connection.execute("SELECT DISTINCT trace_id FROM spans")]
+            if trace_ids:
+                logger.info("inbox: indexing %d stored traces", len(trace_ids))
+            connection.execute("INSERT OR REPLACE INTO meta VALUES ('traces', 0)")
+            reindex(connection, trace_ids, time.time(), self._redactor)
+            count = connection.execute("SELECT count(*) FROM spans").fetchone()[0]
+            connection.executemany(
+                "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                [("version", 1), ("spans", count), ("schema", SCHEMA_VERSION)],
+            )
 
     def add(self, spans: Iterable[ReceivedSpan], *, index: bool = True) -> None:
         """Store one export batch atomically (re-sent spans replace the earlier copy) and
@@ -105,8 +126,7 @@ class SpanStore:
         batch = list(spans)
         now = time.time()
         connection = self._connection()
-        connection.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(connection):
             before = connection.total_changes
             connection.executemany(
                 "INSERT OR IGNORE INTO spans VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -124,41 +144,62 @@ class SpanStore:
             )
             connection.execute("UPDATE meta SET value = value + ? WHERE key = 'spans'", (added,))
             connection.execute("UPDATE meta SET value = value + 1 WHERE key = 'version'")
-        except BaseException:
-            connection.execute("ROLLBACK")
-            raise
-        connection.execute("COMMIT")
         if index:
             self.index_pending()
         self._retain(connection)
 
-    def index_pending(self, per_transaction: int = 100) -> int:
+    def index_pending(
+        self, per_transaction: int = 100, stopping: Callable[[], bool] = lambda: False
+    ) -> int:
         """Rebuild the rows of every trace stored since the last call, ``per_transaction``
-        traces at a time; returns how many."""
+        traces a transaction, until none is left or ``stopping()``; returns how many. A trace
+        that cannot be indexed (its spans make the indexing fail) is set aside with a log
+        line, its spans kept; a database error (a locked file, a full disk) is raised."""
         done = 0
         connection = self._connection()
-        while True:
-            connection.execute("BEGIN IMMEDIATE")
+        while not stopping():
+            trace_ids = [
+                r[0]
+                for r in connection.execute(
+                    "SELECT trace_id FROM pending LIMIT ?", (per_transaction,)
+                )
+            ]
             try:
-                trace_ids = [
-                    r[0]
-                    for r in connection.execute(
-                        "SELECT trace_id FROM pending LIMIT ?", (per_transaction,)
-                    )
-                ]
-                if trace_ids:
-                    reindex(connection, trace_ids, time.time(), self._redactor)
-                    connection.executemany(
-                        "DELETE FROM pending WHERE trace_id = ?", [(t,) for t in trace_ids]
-                    )
-                    connection.execute("UPDATE meta SET value = value + 1 WHERE key = 'version'")
-            except BaseException:
-                connection.execute("ROLLBACK")
+                self._index(connection, trace_ids)
+            except sqlite3.Error:
                 raise
-            connection.execute("COMMIT")
+            except Exception:  # one trace at a time, to set aside the one that fails
+                for trace_id in trace_ids:
+                    try:
+                        self._index(connection, [trace_id])
+                    except sqlite3.Error:
+                        raise
+                    except Exception as error:
+                        logger.warning(
+                            "inbox: trace %s could not be indexed (%s: %s); its spans are "
+                            "kept, it is not listed",
+                            trace_id,
+                            type(error).__name__,
+                            error,
+                        )
+                        with transaction(connection):
+                            connection.execute(
+                                "DELETE FROM pending WHERE trace_id = ?", (trace_id,)
+                            )
             done += len(trace_ids)
             if len(trace_ids) < per_transaction:
-                return done
+                break
+        return done
+
+    def _index(self, connection: sqlite3.Connection, trace_ids: list[str]) -> None:
+        if not trace_ids:
+            return
+        with transaction(connection):
+            reindex(connection, trace_ids, time.time(), self._redactor)
+            connection.executemany(
+                "DELETE FROM pending WHERE trace_id = ?", [(t,) for t in trace_ids]
+            )
+            connection.execute("UPDATE meta SET value = value + 1 WHERE key = 'version'")
 
     def _retain(self, connection: sqlite3.Connection) -> None:
         """Delete the oldest traces beyond ``max_spans`` (down to 95% of it, so deletion
@@ -189,8 +230,7 @@ class SpanStore:
     def _delete(self, connection: sqlite3.Connection, trace_ids: list[str], why: str) -> None:
         if not trace_ids:
             return
-        connection.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(connection):
             threads: set[str] = set()
             deleted = removed = 0
             for trace_id in trace_ids:
@@ -216,10 +256,6 @@ class SpanStore:
             connection.execute("UPDATE meta SET value = value - ? WHERE key = 'spans'", (deleted,))
             connection.execute("UPDATE meta SET value = value - ? WHERE key = 'traces'", (removed,))
             connection.execute("UPDATE meta SET value = value + 1 WHERE key = 'version'")
-        except BaseException:
-            connection.execute("ROLLBACK")
-            raise
-        connection.execute("COMMIT")
         logger.info(
             "inbox: retention deleted %d spans of %d traces (%s)", deleted, len(trace_ids), why
         )

@@ -135,7 +135,7 @@ def trace_html(trace: list[ReceivedSpan], row: TraceRow | None) -> str:
             f"<div class='wf-row span' data-span='{span.span_id}'><div class='wf-label'>"
             f"<span class='name' style='padding-left:{depth * 1.2}em'>{escape(span.name)}</span>"
             f"<span class='muted'>{escape(_kind(span))}</span>"
-            f"<span class='{span_level.lower()}'>{escape(span_level)}</span>"
+            f"<span class='{escape(span_level.lower())}'>{escape(span_level)}</span>"
             f"<span>{duration((span.end_ns - span.start_ns) / 1e6)}</span></div>"
             f"<div class='track'><span class='bar {escape(span_level)}' "
             f"style='left:{left:.3f}%;width:{width:.3f}%'></span></div></div>"

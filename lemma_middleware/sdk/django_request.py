@@ -101,8 +101,18 @@ def _lazy_state(lazy: object) -> dict[str, Any]:
     return state
 
 
-_SESSION_USER = "AuthenticationMiddleware.process_request.<locals>.<lambda>"
-"""The qualified name of the function behind ``AuthenticationMiddleware``'s lazy user."""
+_SESSION_USER = (
+    "django.contrib.auth.middleware",
+    "AuthenticationMiddleware.process_request.<locals>.<lambda>",
+)
+"""The module and qualified name of the function behind ``AuthenticationMiddleware``'s
+lazy user."""
+
+
+def _made_by_authentication_middleware(setup: object) -> bool:
+    return (getattr(setup, "__module__", None), getattr(setup, "__qualname__", None)) == (
+        _SESSION_USER
+    )
 
 
 @cache
@@ -118,8 +128,8 @@ def check_session_user() -> bool:
         probe.session = SessionBase()
         AuthenticationMiddleware(HttpResponse).process_request(probe)
         user = vars(probe)["user"]
-        recognised = getattr(_lazy_state(user).get("_setupfunc"), "__qualname__", None)
-        return recognised == _SESSION_USER and user.is_authenticated is False
+        recognised = _made_by_authentication_middleware(_lazy_state(user).get("_setupfunc"))
+        return recognised and user.is_authenticated is False
     except Exception:  # no auth app, another Django: the user is loaded instead
         return False
 
@@ -135,8 +145,7 @@ def anonymous_without_session(request: HttpRequest) -> bool:
     lazy = _lazy_state(user)
     if lazy.get("_wrapped", empty) is not empty:
         return False
-    setup = lazy.get("_setupfunc")
-    if getattr(setup, "__qualname__", None) != _SESSION_USER:
+    if not _made_by_authentication_middleware(lazy.get("_setupfunc")):
         return False
     session = state.get("session")
     return session is not None and getattr(session, "session_key", "") is None
