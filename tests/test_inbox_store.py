@@ -181,7 +181,7 @@ def test_filters_errors_and_search_pick_the_threads_with_such_a_turn(tmp_path: P
 
 
 SEARCHABLE = st.text(
-    st.characters(min_codepoint=32, max_codepoint=126) | st.sampled_from("éü€\"'%_*"),
+    st.characters(min_codepoint=32, max_codepoint=126) | st.sampled_from("éüÉÜ€\"'%_*"),
     max_size=12,
 )
 
@@ -206,6 +206,13 @@ def test_search_finds_exactly_the_threads_whose_text_contains_the_query(
         return
     got = {t.thread_id for t in store.threads(ThreadQuery(search=query, limit=None))}
     assert got == expected
+
+
+@pytest.mark.parametrize("query", ["é", "É", "fé", "afé", "AFÉ", "café"])
+def test_search_ignores_case_beyond_ascii_short_or_long(tmp_path: Path, query: str) -> None:
+    store = SpanStore(tmp_path / "inbox.sqlite3")
+    store.add(turn(1, "thread-cafe", said_text="CAFÉ au lait", children=0))
+    assert [t.thread_id for t in store.threads(ThreadQuery(search=query))] == ["thread-cafe"]
 
 
 def test_retention_keeps_the_newest_spans_deleting_whole_traces_and_says_so(

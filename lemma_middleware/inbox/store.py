@@ -44,6 +44,12 @@ DEFAULT_MAX_SPANS = 1_000_000
 """Retention's default bound: the oldest traces go once the store holds more spans."""
 
 
+def _folded(text: str | None) -> str | None:
+    """Text as short searches compare it: case-folded in Python (SQLite's ``lower()`` folds
+    ASCII only)."""
+    return text.casefold() if text is not None else None
+
+
 class SpanStore:
     """Spans in a SQLite file: WAL mode, one connection per thread, one transaction per
     export batch (a batch is stored whole or not at all; its traces' and threads' rows are
@@ -78,6 +84,7 @@ class SpanStore:
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute("PRAGMA busy_timeout=30000")
             connection.execute("PRAGMA synchronous=NORMAL")
+            connection.create_function("folded", 1, _folded, deterministic=True)
             self._local.connection = connection
         return connection
 
@@ -346,14 +353,14 @@ class SpanStore:
         return (
             "SELECT t.thread_id FROM traces t WHERE t.rooted AND (t.id IN "
             "(SELECT rowid FROM trace_text WHERE trace_text MATCH ?) OR (? AND "
-            "(instr(lower(t.user_said), ?) OR instr(lower(t.agent_said), ?))))"
+            "(instr(folded(t.user_said), ?) OR instr(folded(t.agent_said), ?))))"
         )
 
     @staticmethod
     def _search_args(text: str) -> list[Any]:
         phrase = '"' + text.replace('"', '""') + '"'
         short = len(text) < 3
-        return [phrase if not short else '""', short, text.lower(), text.lower()]
+        return [phrase if not short else '""', short, _folded(text), _folded(text)]
 
     def turns(self, thread: str, *, limit: int | None = None, offset: int = 0) -> list[TraceRow]:
         """A thread's turns (its rooted traces), oldest first."""
