@@ -191,36 +191,39 @@ class DjangoExchange(Exchange):
             client=meta.get("REMOTE_ADDR"),
         )
 
+    def user_wanted(self) -> bool:
+        """Whether a user may be there to record: wanted (``use_auth_user``) and not known
+        anonymous without loading it (AuthenticationMiddleware's user, no session)."""
+        return self.wants_user and not anonymous_without_session(self.django_request)
+
     def user_unloaded(self) -> bool:
-        """Whether ``request.user`` is wanted (``use_auth_user``), set, not loaded yet, and
-        not known to be anonymous without loading it (no session)."""
+        """Whether ``request.user`` is set but nobody has loaded it yet."""
         request = self.django_request
-        return (
-            self.wants_user
-            and "user" in vars(request)
-            and (loaded_user(request) or self.loaded_user) is None
-            and not anonymous_without_session(request)
-        )
+        return "user" in vars(request) and (loaded_user(request) or self.loaded_user) is None
 
     def load_user(self) -> bool:
-        """Load a lazy ``request.user`` nobody has loaded (sync: a query in this thread);
-        whether a user may be there (False when none is wanted or it is known anonymous)."""
+        """Load a lazy ``request.user`` nobody has loaded (sync: a query in this thread), if
+        a user may be there (:meth:`user_wanted`, returned)."""
         with contained("loading request.user", "the trace has no user"):
+            if not self.user_wanted():
+                return False
             if self.user_unloaded():
                 user = self.django_request.user
                 _ = user.is_authenticated  # evaluates the lazy object
                 self.loaded_user = user
-            return self.wants_user and not anonymous_without_session(self.django_request)
+            return True
         return False
 
     async def load_user_async(self) -> bool:
         """Load a lazy ``request.user`` nobody has loaded, without blocking
-        (``await request.auser()``); whether a user may be there."""
+        (``await request.auser()``), if a user may be there (returned)."""
         auser = getattr(self.django_request, "auser", None)
         with contained("loading request.auser()", "the trace has no user"):
+            if not self.user_wanted():
+                return False
             if auser is not None and self.user_unloaded():
                 self.loaded_user = await auser()
-            return self.wants_user and not anonymous_without_session(self.django_request)
+            return True
         return False
 
     def respond(self, response: HttpResponseBase) -> HttpResponseBase:
