@@ -15,7 +15,13 @@ round by round:
 * the middleware, sampled out (``sample_rate=0.0``, ``keep_errors`` on as by default): every
   turn is held by the sampling gate until its root ends, then dropped. It DROPS every turn by
   design, which is what is measured;
-* the same with ``keep_errors=False``: every turn is dropped as it starts (nothing held).
+* the same with ``keep_errors=False``: every turn is dropped as it starts (nothing held);
+* the floor: the ``keep_errors`` variant with its held spans given to no processor at all
+  (the gate neither runs Langfuse's ``on_start`` nor holds them). What is left is what
+  recording a turn that may still be kept costs in the SDKs themselves, inside the
+  handler's own calls (OpenTelemetry's span, Langfuse's serialising of each observation's
+  input and output, which it skips only for a span that does not record): no design that
+  keeps a failed turn whole can cost less. It DROPS every turn too.
 
 Each middleware variant has its own client and provider, exporting through this
 middleware's encoder (``EncodeOnly(encode_batch)``: the OTLP bytes and ISA-L gzip, no
@@ -30,8 +36,10 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
+from typing import Any
 
 from bench.apps import make_asgi, make_wsgi
 from bench.inprocess import EncodeOnly, asgi_caller, wsgi_caller
@@ -40,16 +48,22 @@ from bench.variants import SAMPLING_LABELS, Variant
 from lemma_middleware import build_client
 from lemma_middleware.delivery.encoding import encode_batch
 from lemma_middleware.export.provider import OwnedTracerProvider
-from lemma_middleware.request.sampling import sampling_stats
+from lemma_middleware.request import sampling as gating
+from lemma_middleware.request.sampling import SamplingGate, sampling_stats
 
 SAMPLING_VARIANTS = (
     Variant.BARE,
     Variant.LEMMA,
     Variant.LEMMA_SAMPLED_OUT,
     Variant.LEMMA_SAMPLED_OUT_NO_KEEP,
+    Variant.LEMMA_HELD_FLOOR,
 )
 """The sampling table's variants, in the order each round runs them."""
-SAMPLED_OUT_VARIANTS = (Variant.LEMMA_SAMPLED_OUT, Variant.LEMMA_SAMPLED_OUT_NO_KEEP)
+SAMPLED_OUT_VARIANTS = (
+    Variant.LEMMA_SAMPLED_OUT,
+    Variant.LEMMA_SAMPLED_OUT_NO_KEEP,
+    Variant.LEMMA_HELD_FLOOR,
+)
 SAMPLING_BODIES = (SHORT, HISTORY)
 SPANS_PER_TURN = 3
 """What one agent turn records: the middleware's root, the tool, the generation."""
@@ -98,6 +112,27 @@ class SamplingCosts:
         )
 
 
+@contextmanager
+def held_spans_unprocessed() -> Iterator[None]:
+    """While open, the spans of a turn sampling holds reach no processor (the floor's
+    variant); every other span as before. They are not counted as dropped either."""
+    on_start, on_end = SamplingGate.on_start, SamplingGate.on_end
+
+    def start(gate: SamplingGate, span: Any, parent_context: Any = None) -> None:
+        if span.context.trace_id not in gating._turns:  # the benchmark's look at the holds
+            on_start(gate, span, parent_context)
+
+    def end(gate: SamplingGate, span: Any) -> None:
+        if span.context.trace_id not in gating._turns:
+            on_end(gate, span)
+
+    SamplingGate.on_start, SamplingGate.on_end = start, end  # type: ignore[method-assign,assignment]
+    try:
+        yield
+    finally:
+        SamplingGate.on_start, SamplingGate.on_end = on_start, on_end  # type: ignore[method-assign]
+
+
 @dataclass
 class _Run:
     """One variant's request, its flush, and what it exported and sampling dropped."""
@@ -105,17 +140,20 @@ class _Run:
     call: Callable[[], None]
     flush: Callable[[], None]
     exporter: EncodeOnly | None
+    around: Callable[[], AbstractContextManager[None]] = nullcontext
+    """What the requests run within (the floor's unprocessed holds)."""
     requests: int = 0
     dropped: int = 0
 
     def __call__(self, requests: int) -> float:
         """``requests`` requests and a flush: the process CPU per request in µs."""
         before = sampling_stats().spans_dropped
-        start = time.process_time()
-        for _ in range(requests):
-            self.call()
-        self.flush()
-        elapsed = time.process_time() - start
+        with self.around():
+            start = time.process_time()
+            for _ in range(requests):
+                self.call()
+            self.flush()
+            elapsed = time.process_time() - start
         self.dropped += sampling_stats().spans_dropped - before
         self.requests += requests
         return elapsed / requests * 1e6
@@ -134,12 +172,14 @@ def _variant(kind: str, variant: Variant, shape: Shape, number: int) -> _Run:
     key = f"pk-sampling-{kind}-{variant}-{number}"
     client = build_client(span_exporter=exporter, tracer_provider=provider, public_key=key)
     assert client is not None
+    floor = variant is Variant.LEMMA_HELD_FLOOR
+    served = Variant.LEMMA_SAMPLED_OUT if floor else variant
     if kind == "asgi":
-        app = make_asgi(variant, client, telemetry_provider=provider, agent=True)
+        app = make_asgi(served, client, telemetry_provider=provider, agent=True)
         call = asgi_caller(app, "/agent", shape.body)
     else:
-        call = wsgi_caller(make_wsgi(variant, client, agent=True), "/agent", shape.body)
-    return _Run(call, client.flush, exporter)
+        call = wsgi_caller(make_wsgi(served, client, agent=True), "/agent", shape.body)
+    return _Run(call, client.flush, exporter, held_spans_unprocessed if floor else nullcontext)
 
 
 def sampling_section(rounds: int, per_round: int) -> SamplingCosts:
@@ -178,13 +218,14 @@ def _print_sampling(costs: SamplingCosts, rounds: int, per_round: int) -> None:
     )
     print(
         "ratio: (sampled out - bare) / (kept - bare), the target at most 0.35; 'rounds': that "
-        "ratio within each round, min-max. The DROPS variants drop every turn by design."
+        "ratio within each round, min-max; 'no keep' and 'floor': the same ratio for those "
+        "variants. The DROPS variants drop every turn by design."
     )
     header = f"{'kind':4} {'body':30}"
     for variant in SAMPLING_VARIANTS:
         header += f" {SAMPLING_LABELS[variant]:>27}"
-    header += f" {'ratio':>6} {'rounds':>11} {'no keep':>7}"
-    print(header + "  spans exported/req (kept, DROPS x2), dropped/req (DROPS x2)")
+    header += f" {'ratio':>6} {'rounds':>11} {'no keep':>7} {'floor':>6}"
+    print(header + "  spans exported/req (kept, DROPS x3), dropped/req (DROPS x3)")
     wrong: list[str] = []
     for kind in ("asgi", "wsgi"):
         for shape in SAMPLING_BODIES:
@@ -195,6 +236,7 @@ def _print_sampling(costs: SamplingCosts, rounds: int, per_round: int) -> None:
             spread = f"{min(each):.2f}-{max(each):.2f}" if each else "n/a"
             line += f" {costs.ratio(kind, shape):6.2f} {spread:>11}"
             line += f" {costs.ratio(kind, shape, Variant.LEMMA_SAMPLED_OUT_NO_KEEP):7.2f}"
+            line += f" {costs.ratio(kind, shape, Variant.LEMMA_HELD_FLOOR):6.2f}"
             exported = [costs.exported[(kind, shape, v)] for v in SAMPLING_VARIANTS[1:]]
             dropped = [costs.dropped[(kind, shape, v)] for v in SAMPLED_OUT_VARIANTS]
             line += "  " + " ".join(f"{n:.2f}" for n in exported)

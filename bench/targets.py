@@ -137,7 +137,9 @@ def sampling_checks(figures: Figures) -> list[Check]:
                 out = sampling.overhead(kind, shape, Variant.LEMMA_SAMPLED_OUT)
                 kept = sampling.overhead(kind, shape, Variant.LEMMA)
                 exports = sampling.exports_as_expected(kind, shape)
-                detail = f"{ratio:.2f}x: {out:.0f} vs {kept:.0f} us over bare"
+                floor = sampling.ratio(kind, shape, Variant.LEMMA_HELD_FLOOR)
+                detail = (f"{ratio:.2f}x: {out:.0f} vs {kept:.0f} us over bare; the floor of "
+                          f"recording a turn still undecided: {floor:.2f}x")  # fmt: skip
                 checks.append(
                     Check(f"sampled out, {kind.upper()} {_BODY[shape]}: overhead <= 0.35x kept",
                           ratio <= SAMPLED_OUT_RATIO and exports,

@@ -26,6 +26,10 @@ class Variant(StrEnum):
     LEMMA_SAMPLED_OUT_NO_KEEP = "lemma-sampled-out-no-keep"
     """``sample_rate=0.0, keep_errors=False``: DROPS every turn by design, decided as it
     starts (nothing held)."""
+    LEMMA_HELD_FLOOR = "lemma-held-floor"
+    """:attr:`LEMMA_SAMPLED_OUT` with its held spans given to no processor at all (neither
+    Langfuse's ``on_start`` nor the hold): the floor of any design that records a turn it
+    may still keep, i.e. what the SDKs cost in the handler's own calls. DROPS every turn."""
     # in-process rows that are not variants of their own in bench.apps:
     BARE_TELEMETRY = "bare-telemetry"
     """The bare app once a global provider exists (the middleware's, with nothing exporting
@@ -60,6 +64,7 @@ SAMPLING_LABELS = {
     Variant.LEMMA: "lemma, kept (rate 1)",
     Variant.LEMMA_SAMPLED_OUT: "DROPS: rate 0, keep_errors",
     Variant.LEMMA_SAMPLED_OUT_NO_KEEP: "DROPS: rate 0, no keep",
+    Variant.LEMMA_HELD_FLOOR: "DROPS: floor, held unprocessed",
 }
 """How the sampling table names its variants; the sampled-out ones drop every turn by
 design, and say so."""
