@@ -332,6 +332,46 @@ async def test_received_traces_are_indexed_in_the_background_and_before_the_inbo
     assert SpanStore(db).index_pending() == 0  # nothing was left unindexed
 
 
+def _root_of_turn(number: int) -> ReceivedSpan:
+    attributes = {"session.id": f"t-{number % 7}", "langfuse.trace.input": "hi"}
+    return ReceivedSpan(f"{number:032x}", "b" * 16, None, "agent", 0, 1, attributes, {}, "s", 0)
+
+
+def test_while_spans_keep_arriving_the_indexer_rests_and_it_catches_up_after(db: Path) -> None:
+    """Indexing yields to receiving (same process, same cores): while spans arrived in the
+    last second it works in small transactions and rests three times as long as each took;
+    once arrivals stop every trace is indexed."""
+    from lemma_middleware.inbox import server
+
+    with Inbox(db, port=0, announce=None) as inbox:
+        assert not inbox.receiving_busy()
+        started = time.monotonic()
+        assert inbox._pace(0.2) == 100  # quiet: no rest, full transactions
+        assert time.monotonic() - started < 0.1
+        for number in range(400):  # arrivals for about a second
+            inbox._on_spans([_root_of_turn(number)])
+            time.sleep(0.002)
+        assert inbox.receiving_busy()
+        started = time.monotonic()
+        assert inbox._pace(0.02) == server.BUSY_PER_TRANSACTION
+        rested = time.monotonic() - started
+        assert 0.05 <= rested < 0.5  # 0.02 s at a 25% share: 0.06 s of rest
+        deadline = time.monotonic() + 10
+        while _pending(db):
+            assert time.monotonic() < deadline, "the indexer did not catch up"
+            time.sleep(0.05)
+        assert inbox.store.trace_count() == 400
+        assert sum(t.turns for t in inbox.store.threads()) == 400
+
+
+def _pending(db: Path) -> int:
+    """Traces stored and not indexed yet (read beside the inbox, indexing nothing)."""
+    import sqlite3
+
+    with sqlite3.connect(db) as connection:
+        return int(connection.execute("SELECT COUNT(*) FROM pending").fetchone()[0])
+
+
 def test_the_inbox_answers_keep_alive_requests_without_a_delayed_ack_stall(db: Path) -> None:
     """Accepted connections inherit TCP_NODELAY from the listening socket: without it every
     request after a connection's first waits ~40 ms for the client's delayed ACK."""

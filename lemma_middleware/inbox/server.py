@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +21,13 @@ from lemma_middleware.testing.records import ReceivedSpan
 logger = logging.getLogger("lemma_middleware.inbox")
 
 DEFAULT_PORT = 8787
+BUSY_SECONDS = 1.0
+"""Receiving counts as busy while spans arrived this recently."""
+BUSY_SHARE = 0.25
+"""The share of its time the indexer works while receiving is busy (it rests the rest)."""
+BUSY_PER_TRANSACTION = 20
+"""Traces an indexing transaction takes while receiving is busy (the write lock held
+briefly); 100 otherwise."""
 
 
 class Inbox:
@@ -42,6 +50,8 @@ class Inbox:
         )
         self.announce = announce
         self._stored = threading.Event()
+        self._last_stored = 0.0
+        """When spans last arrived (``time.monotonic()``)."""
         self._stopping = threading.Event()
         self._indexer: threading.Thread | None = None
         self.receiver = OTLPReceiver(
@@ -59,19 +69,38 @@ class Inbox:
 
     def _on_spans(self, spans: list[ReceivedSpan]) -> None:
         self.store.add(spans, index=False)
+        self._last_stored = time.monotonic()
         self._stored.set()
         if self.announce is not None:
             for root in roots_of(spans):
                 self.announce(summary_line(root, spans))
 
+    def receiving_busy(self) -> bool:
+        """Whether spans arrived in the last :data:`BUSY_SECONDS`."""
+        return time.monotonic() - self._last_stored < BUSY_SECONDS
+
+    def _pace(self, spent: float) -> int:
+        """Between two indexing transactions: while receiving is busy, rest so that
+        indexing takes :data:`BUSY_SHARE` of the time, in small transactions (receiving
+        keeps the CPU and the write lock; the rows catch up once it slows down)."""
+        if not self.receiving_busy():
+            return 100
+        self._stopping.wait(spent * (1 - BUSY_SHARE) / BUSY_SHARE)
+        return BUSY_PER_TRANSACTION
+
     def _index_forever(self) -> None:
         """The indexer thread: rebuilds the rows of what was stored (see
-        :meth:`SpanStore.index_pending`) shortly after it arrives, a pass per wake-up."""
+        :meth:`SpanStore.index_pending`) shortly after it arrives, a pass per wake-up,
+        yielding to receiving while it is busy (:meth:`_pace`)."""
         while not self._stopping.is_set():
             self._stored.wait(timeout=1.0)
             self._stored.clear()
             try:
-                self.store.index_pending(stopping=self._stopping.is_set)
+                self.store.index_pending(
+                    per_transaction=BUSY_PER_TRANSACTION if self.receiving_busy() else 100,
+                    stopping=self._stopping.is_set,
+                    pace=self._pace,
+                )
             except Exception:  # a bad moment (a locked file, a full disk): the next pass retries
                 logger.exception("inbox: indexing stored traces failed; retrying")
                 self._stopping.wait(1.0)

@@ -156,15 +156,21 @@ class SpanStore:
         self._retain(connection)
 
     def index_pending(
-        self, per_transaction: int = 100, stopping: Callable[[], bool] = lambda: False
+        self,
+        per_transaction: int = 100,
+        stopping: Callable[[], bool] = lambda: False,
+        pace: Callable[[float], int] | None = None,
     ) -> int:
         """Rebuild the rows of every trace stored since the last call, ``per_transaction``
         traces a transaction, until none is left or ``stopping()``; returns how many. A trace
         that cannot be indexed (its spans make the indexing fail) is set aside with a log
-        line, its spans kept; a database error (a locked file, a full disk) is raised."""
+        line, its spans kept; a database error (a locked file, a full disk) is raised.
+        ``pace``, called with the seconds each transaction took, may rest and returns how
+        many traces the next one takes (the inbox's indexer yields to receiving so)."""
         done = 0
         connection = self._connection()
         while not stopping():
+            started = time.monotonic()
             trace_ids = [
                 r[0]
                 for r in connection.execute(
@@ -196,6 +202,8 @@ class SpanStore:
             done += len(trace_ids)
             if len(trace_ids) < per_transaction:
                 break
+            if pace is not None:
+                per_transaction = pace(time.monotonic() - started)
         return done
 
     def _index(self, connection: sqlite3.Connection, trace_ids: list[str]) -> None:
