@@ -22,7 +22,6 @@ import pytest
 from examples.demo import ROOT, start_gunicorn, start_uvicorn
 from examples.django_app.database import SETTINGS, prepare_database
 from lemma_middleware.testing.contract import assert_conformant
-from lemma_middleware.testing.records import ReceivedSpan
 
 from .apps.flaky_destination import FlakyDestination
 from .helpers import environ_without_destinations
@@ -57,21 +56,6 @@ def served(
         destination.stop()
 
 
-def trace_of(destination: FlakyDestination, trace_id: str, names: set[str]) -> list[ReceivedSpan]:
-    """The spans of ``trace_id`` once every one of ``names`` arrived (the export batches)."""
-    deadline = time.monotonic() + 30
-    while True:
-        spans = [span for _, span in list(destination.received) if span.trace_id == trace_id]
-        if names <= {span.name for span in spans} or time.monotonic() > deadline:
-            return spans
-        time.sleep(0.1)
-
-
-def root_and_children(spans: list[ReceivedSpan]) -> tuple[ReceivedSpan, list[ReceivedSpan]]:
-    (root,) = (span for span in spans if span.parent_span_id is None)
-    return root, [span for span in spans if span is not root]
-
-
 def test_a_session_user_is_on_the_root_and_every_child(served: Any) -> None:
     server, url, destination = served
     with httpx.Client(base_url=url, timeout=30) as client:
@@ -82,10 +66,8 @@ def test_a_session_user_is_on_the_root_and_every_child(served: Any) -> None:
                 path, json={"message": "hi"}, headers={"x-conversation-id": "t-18851"}
             )
             assert response.status_code == 200, response.text
-            spans = trace_of(
-                destination, response.headers["x-trace-id"], {"support-agent", "fake-llm"}
-            )
-            root, children = root_and_children(spans)
+            spans = destination.trace(response.headers["x-trace-id"], {"support-agent", "fake-llm"})
+            root, children = FlakyDestination.root_and_children(spans)
             assert root.attributes["user.id"] == "alice", (server, path)
             assert [child.attributes.get("user.id") for child in children] == ["alice"]
             assert json.loads(root.attributes[META + "http.route"]) == path[1:].replace(
@@ -102,8 +84,8 @@ def test_a_rest_framework_token_user_is_on_the_root_and_every_child(served: Any)
         f"{url}/api/chat", json={"message": "refund"}, headers=headers, timeout=30
     )
     assert response.status_code == 200, response.text
-    spans = trace_of(destination, response.headers["x-trace-id"], {"support-agent", "fake-llm"})
-    root, children = root_and_children(spans)
+    spans = destination.trace(response.headers["x-trace-id"], {"support-agent", "fake-llm"})
+    root, children = FlakyDestination.root_and_children(spans)
     assert root.attributes["user.id"] == "bob"
     assert [child.attributes.get("user.id") for child in children] == ["bob"]
     assert json.loads(root.attributes["langfuse.trace.input"]) == {"message": "refund"}
@@ -115,8 +97,8 @@ def test_a_failing_view_is_an_error_naming_the_exception(served: Any) -> None:
     _server, url, destination = served
     response = httpx.post(f"{url}/fail", json={"message": "go"}, timeout=30)
     assert response.status_code == 500
-    spans = trace_of(destination, response.headers["x-trace-id"], {"support-agent", "fake-llm"})
-    root, _ = root_and_children(spans)
+    spans = destination.trace(response.headers["x-trace-id"], {"support-agent", "fake-llm"})
+    root, _ = FlakyDestination.root_and_children(spans)
     assert root.attributes["langfuse.observation.level"] == "ERROR"
     assert root.attributes["langfuse.observation.status_message"] == (
         "RuntimeError: the knowledge base is unreachable"
@@ -132,8 +114,8 @@ def test_a_stream_ends_its_root_at_the_last_chunk_with_the_model_inside(
     with httpx.stream("POST", f"{url}{path}", json={"message": "hello"}, timeout=30) as response:
         body = b"".join(response.iter_bytes())
         trace_id = response.headers["x-trace-id"]
-    spans = trace_of(destination, trace_id, {"support-agent", "fake-llm"})
-    root, children = root_and_children(spans)
+    spans = destination.trace(trace_id, {"support-agent", "fake-llm"})
+    root, children = FlakyDestination.root_and_children(spans)
     assert body.count(b"data: ") > 3
     assert "You said:" in root.attributes["langfuse.trace.output"]
     (llm,) = children

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import signal
 import sys
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,7 +23,6 @@ from examples.demo import free_port, start_server
 from lemma_middleware import LemmaMiddleware, set_route
 from lemma_middleware.core.identity import user_id_of
 from lemma_middleware.testing.contract import assert_conformant
-from lemma_middleware.testing.records import ReceivedSpan
 
 from .apps.flaky_destination import FlakyDestination
 from .helpers import Captured, environ_without_destinations, post
@@ -66,29 +64,14 @@ def served(request: pytest.FixtureRequest) -> Iterator[tuple[str, str, FlakyDest
         destination.stop()
 
 
-def trace_of(destination: FlakyDestination, trace_id: str, names: set[str]) -> list[ReceivedSpan]:
-    """The spans of ``trace_id`` once every one of ``names`` arrived (the export batches)."""
-    deadline = time.monotonic() + 30
-    while True:
-        spans = [span for _, span in list(destination.received) if span.trace_id == trace_id]
-        if names <= {span.name for span in spans} or time.monotonic() > deadline:
-            return spans
-        time.sleep(0.1)
-
-
-def root_of(spans: list[ReceivedSpan]) -> tuple[ReceivedSpan, list[ReceivedSpan]]:
-    (root,) = (span for span in spans if span.parent_span_id is None)
-    return root, [span for span in spans if span is not root]
-
-
 def test_a_turn_has_thread_user_route_template_and_the_llm_child(served: Any) -> None:
     framework, url, destination = served
     headers = {"authorization": "Bearer token-alice", "x-conversation-id": "t-18851"}
     response = httpx.post(f"{url}/chat/t-18851", json={"message": "hi"}, headers=headers)
     assert response.status_code in (200, 201), response.text
     assert response.json()["thread"] == "t-18851"
-    spans = trace_of(destination, response.headers["x-trace-id"], {"support-agent", "fake-llm"})
-    root, children = root_of(spans)
+    spans = destination.trace(response.headers["x-trace-id"], {"support-agent", "fake-llm"})
+    root, children = FlakyDestination.root_and_children(spans)
     attributes = root.attributes
     assert attributes["session.id"] == "t-18851"
     assert attributes["user.id"] == "alice", framework
@@ -106,8 +89,8 @@ def test_a_failing_view_is_an_error(served: Any) -> None:
     framework, url, destination = served
     response = httpx.post(f"{url}/fail", json={}, headers={"x-conversation-id": "t-fail"})
     assert response.status_code == 500
-    spans = trace_of(destination, response.headers["x-trace-id"], {"support-agent"})
-    root, _ = root_of(spans)
+    spans = destination.trace(response.headers["x-trace-id"], {"support-agent"})
+    root, _ = FlakyDestination.root_and_children(spans)
     assert root.attributes["langfuse.observation.level"] == "ERROR"
     assert root.attributes["langfuse.observation.status_message"] == ERRORS[framework], framework
     assert json.loads(root.attributes[META + "http.route"]) == "/fail"

@@ -233,7 +233,8 @@ class DjangoExchange(Exchange):
         assert trace is not None
         request = self.django_request
         with contained("reading the response", "the response is sent as it is"):
-            wanted = [(name, response[name]) for name in _BODY_HEADERS if name in response]
+            found = [(name, response.get(name)) for name in _BODY_HEADERS]  # a lookup each
+            wanted = [(name, value) for name, value in found if value is not None]
             self.response_started(response.status_code, wanted)  # not every header: these
             if self.trace_id_header is not None:
                 response[self.trace_id_header.decode("latin-1")] = trace.trace_id

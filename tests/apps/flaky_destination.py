@@ -10,6 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from lemma_middleware.inbox.receiver import _gunzip, decode_export
+from lemma_middleware.testing.records import ReceivedSpan
 
 
 class FlakyDestination:
@@ -74,6 +75,22 @@ class FlakyDestination:
     def wait_for(self, names: set[str], timeout: float) -> bool:
         with self._changed:
             return self._changed.wait_for(lambda: names <= set(self.span_names), timeout)
+
+    def trace(self, trace_id: str, names: set[str], timeout: float = 30) -> list[ReceivedSpan]:
+        """The spans of ``trace_id`` received, once every one of
+        ``names`` is among them (the export batches) or ``timeout`` passed."""
+        deadline = time.monotonic() + timeout
+        while True:
+            spans = [span for _, span in list(self.received) if span.trace_id == trace_id]
+            if names <= {span.name for span in spans} or time.monotonic() > deadline:
+                return spans
+            time.sleep(0.1)
+
+    @staticmethod
+    def root_and_children(spans: list[ReceivedSpan]) -> tuple[ReceivedSpan, list[ReceivedSpan]]:
+        """A trace's one root, and the rest."""
+        (root,) = (span for span in spans if span.parent_span_id is None)
+        return root, [span for span in spans if span is not root]
 
     def _handle(self, handler: BaseHTTPRequestHandler) -> None:
         body = handler.rfile.read(int(handler.headers.get("Content-Length") or 0))
