@@ -115,7 +115,8 @@ class SamplingCosts:
 @contextmanager
 def held_spans_unprocessed() -> Iterator[None]:
     """While open, the spans of a turn sampling holds reach no processor (the floor's
-    variant); every other span as before. They are not counted as dropped either."""
+    variant); every other span as before. They are not counted as dropped (the root is: it
+    ends after its turn was decided, and the gate drops it)."""
     on_start, on_end = SamplingGate.on_start, SamplingGate.on_end
 
     def start(gate: SamplingGate, span: Any, parent_context: Any = None) -> None:
