@@ -195,16 +195,44 @@ def _normalise_key(key: str) -> str:
     return _SEPARATORS.sub("_", _CAMEL_BOUNDARY.sub("_", key)).lower()
 
 
-def _reversed_spelling(field: str) -> str:
-    """A field's name in any spelling, reversed: each ``_`` as one of ``_.-`` or a space or
-    nothing (``api_key``: ``yek[_. -]?ipa``)."""
-    return "[_. -]?".join(re.escape(part[::-1]) for part in reversed(field.split("_")))
+_ANY_SEPARATOR = "[_. -]?"
+
+
+def _reversed_spelling(field: str) -> tuple[str, ...]:
+    """A field's name in any spelling, reversed, as regular-expression pieces: each
+    character, and each ``_`` as one of ``_.-`` or a space or nothing (``api_key``:
+    ``y e k [_. -]? i p a``)."""
+    pieces: list[str] = []
+    for number, part in enumerate(reversed(field.split("_"))):
+        if number:
+            pieces.append(_ANY_SEPARATOR)
+        pieces.extend(re.escape(character) for character in part[::-1])
+    return tuple(pieces)
+
+
+def _alternatives(spellings: set[tuple[str, ...]]) -> str:
+    """The spellings as one expression factored by their common beginnings (a trie): an
+    attempt is decided by one character per position, not one try per field. Only whether
+    some spelling starts there matters (the search looks ahead), so a spelling that is the
+    beginning of another stands for both."""
+    if () in spellings:
+        return ""
+    following: dict[str, set[tuple[str, ...]]] = {}
+    for spelling in spellings:
+        following.setdefault(spelling[0], set()).add(spelling[1:])
+    branches = [piece + _alternatives(rest) for piece, rest in sorted(following.items())]
+    return branches[0] if len(branches) == 1 else f"(?:{'|'.join(branches)})"
 
 
 def _names(fields: Iterable[str]) -> str:
-    """The reversed spellings of every field, longest first, as one group."""
-    names = "|".join(sorted({_reversed_spelling(f) for f in fields}, key=len, reverse=True))
-    return f"(?:{names})"
+    """The reversed spellings of every field, as one group; led by the set of characters
+    a spelling can start with, so that an attempt where none starts fails at once."""
+    spellings = {_reversed_spelling(f) for f in fields} - {()}
+    if not spellings:
+        return "(?!)"
+    starts = {spelling[0] for spelling in spellings}
+    lead = f"(?=[{''.join(sorted(starts))}])" if _ANY_SEPARATOR not in starts else ""
+    return f"(?:{lead}{_alternatives(spellings)})"
 
 
 def _name_finders(fields: Iterable[str]) -> dict[str, re.Pattern[str]]:
