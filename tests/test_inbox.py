@@ -346,7 +346,7 @@ def test_while_spans_keep_arriving_the_indexer_rests_and_it_catches_up_after(db:
     with Inbox(db, port=0, announce=None) as inbox:
         assert not inbox.receiving_busy()
         started = time.monotonic()
-        assert inbox._pace(0.2) == 100  # quiet: no rest, full transactions
+        assert inbox._pace(0.2) == server.QUIET_PER_TRANSACTION  # quiet: no rest
         assert time.monotonic() - started < 0.1
         for number in range(400):  # arrivals for about a second
             inbox._on_spans([_root_of_turn(number)])

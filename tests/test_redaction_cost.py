@@ -171,3 +171,12 @@ def test_a_text_of_delimiters_alone_is_refused_at_each_one_by_a_single_character
     expression = redaction._names(redaction.DEFAULT_REDACT_FIELDS)
     assert expression.startswith("(?:(?=[")
     assert REDACTOR.redact_text(":" * 10_000) == ":" * 10_000
+
+
+def test_fields_sharing_a_very_long_ending_are_still_found() -> None:
+    """Two field names sharing 4,000 characters at their end (a trie as deep as that
+    cannot be built recursively) are searched for each in turn: both still found."""
+    long = "x" * 4000
+    redactor = Redactor([f"a{long}", f"b{long}"])
+    for field in (f"a{long}", f"b{long}"):
+        assert redactor.redact_text(f"q {field}: hunter2") == f"q {field}: [REDACTED]"

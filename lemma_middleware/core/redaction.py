@@ -217,6 +217,8 @@ def _alternatives(spellings: set[tuple[str, ...]]) -> str:
     beginning of another stands for both."""
     if () in spellings:
         return ""
+    if len(spellings) == 1:  # the rest of one spelling (no recursion along a long name)
+        return "".join(next(iter(spellings)))
     following: dict[str, set[tuple[str, ...]]] = {}
     for spelling in spellings:
         following.setdefault(spelling[0], set()).add(spelling[1:])
@@ -232,7 +234,11 @@ def _names(fields: Iterable[str]) -> str:
         return "(?!)"
     starts = {spelling[0] for spelling in spellings}
     lead = f"(?=[{''.join(sorted(starts))}])" if _ANY_SEPARATOR not in starts else ""
-    return f"(?:{lead}{_alternatives(spellings)})"
+    try:
+        alternatives = _alternatives(spellings)
+    except RecursionError:  # names sharing an ending of ~1,000 characters: each in turn
+        alternatives = "|".join("".join(spelling) for spelling in sorted(spellings))
+    return f"(?:{lead}{alternatives})"
 
 
 def _name_finders(fields: Iterable[str]) -> dict[str, re.Pattern[str]]:

@@ -27,7 +27,9 @@ BUSY_SHARE = 0.25
 """The share of its time the indexer works while receiving is busy (it rests the rest)."""
 BUSY_PER_TRANSACTION = 20
 """Traces an indexing transaction takes while receiving is busy (the write lock held
-briefly); 100 otherwise."""
+briefly)."""
+QUIET_PER_TRANSACTION = 100
+"""Traces an indexing transaction takes otherwise."""
 
 
 class Inbox:
@@ -84,7 +86,7 @@ class Inbox:
         indexing takes :data:`BUSY_SHARE` of the time, in small transactions (receiving
         keeps the CPU and the write lock; the rows catch up once it slows down)."""
         if not self.receiving_busy():
-            return 100
+            return QUIET_PER_TRANSACTION
         self._stopping.wait(spent * (1 - BUSY_SHARE) / BUSY_SHARE)
         return BUSY_PER_TRANSACTION
 
@@ -97,7 +99,9 @@ class Inbox:
             self._stored.clear()
             try:
                 self.store.index_pending(
-                    per_transaction=BUSY_PER_TRANSACTION if self.receiving_busy() else 100,
+                    per_transaction=(
+                        BUSY_PER_TRANSACTION if self.receiving_busy() else QUIET_PER_TRANSACTION
+                    ),
                     stopping=self._stopping.is_set,
                     pace=self._pace,
                 )
