@@ -20,8 +20,9 @@ round by round:
   (the gate neither runs Langfuse's ``on_start`` nor holds them). What is left is what
   recording a turn that may still be kept costs in the SDKs themselves, inside the
   handler's own calls (OpenTelemetry's span, Langfuse's serialising of each observation's
-  input and output, which it skips only for a span that does not record): no design that
-  keeps a failed turn whole can cost less. It DROPS every turn too.
+  input and output, which it skips only for a span that does not record), and the root as
+  the middleware starts it: no design that keeps a failed turn whole can cost less than the
+  children's share of it. It DROPS every turn too.
 
 Each middleware variant has its own client and provider, exporting through this
 middleware's encoder (``EncodeOnly(encode_batch)``: the OTLP bytes and ISA-L gzip, no
