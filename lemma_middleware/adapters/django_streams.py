@@ -1,26 +1,18 @@
 """A Django streamed response's content, recorded chunk by chunk by the Django adapter:
 each chunk produced in the request's context, the root ended at the last chunk (or when
-the stream fails)."""
+the stream fails), as :mod:`lemma_middleware.adapters.chunks` records any stream."""
 
 from __future__ import annotations
 
 import contextvars
-import time
 from collections.abc import AsyncIterator, Iterable, Iterator
-from typing import Protocol
 
-from lemma_middleware.core.capture import BodyCapture
-from lemma_middleware.request.trace import RequestTrace
-
-
-class StreamedExchange(Protocol):
-    """What the chunks need of the request's exchange (the Django adapter's)."""
-
-    trace: RequestTrace | None
-    completed_at: int | None
-    response_body: BodyCapture | None
-
-    def finish(self, error: BaseException | None = None) -> None: ...
+from lemma_middleware.adapters.chunks import (
+    StreamedExchange,
+    chunk_sent,
+    next_chunk,
+    stream_stopped,
+)
 
 
 class SyncChunks:
@@ -38,19 +30,7 @@ class SyncChunks:
         return self
 
     def __next__(self) -> bytes:
-        exchange = self._exchange
-        try:
-            chunk = self._context.run(next, self._iterator)
-        except StopIteration:
-            exchange.completed_at = time.time_ns()
-            exchange.finish()
-            raise
-        except BaseException as error:
-            exchange.finish(error)
-            raise
-        if exchange.response_body is not None:
-            exchange.response_body.feed(chunk)
-        return chunk
+        return next_chunk(self._exchange, lambda: self._context.run(next, self._iterator))
 
     def close(self) -> None:
         close = getattr(self._iterator, "close", None)
@@ -76,17 +56,14 @@ class AsyncChunks:
         try:
             chunk = await anext(self._iterator)
         except StopAsyncIteration:
-            exchange.completed_at = time.time_ns()
-            exchange.finish()
+            stream_stopped(exchange)
             raise
         except BaseException as error:
-            exchange.finish(error)
+            stream_stopped(exchange, error)
             raise
         finally:
             trace.deactivate(token)
-        if exchange.response_body is not None:
-            exchange.response_body.feed(chunk)
-        return chunk
+        return chunk_sent(exchange, chunk)
 
     async def aclose(self) -> None:
         aclose = getattr(self._iterator, "aclose", None)

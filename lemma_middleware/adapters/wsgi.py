@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import contextvars
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any, ClassVar, Protocol, Unpack
 
+from lemma_middleware.adapters.chunks import next_chunk
 from lemma_middleware.adapters.tracing import Tracing
 from lemma_middleware.core.capture import BodyCapture
 from lemma_middleware.core.identity import user_id_from_plain_user
@@ -291,7 +291,6 @@ class TracedBody:
         self._result = result
         self._iterator: Iterator[bytes] | None = None
         self._context: contextvars.Context | None = None
-        self._done = False
 
     def __iter__(self) -> Iterator[bytes]:
         return self
@@ -305,23 +304,10 @@ class TracedBody:
         return self._context
 
     def __next__(self) -> bytes:
-        exchange = self._exchange
         if self._iterator is None:
             self._iterator = iter(self._result)
-        try:
-            chunk = self._in_context().run(next, self._iterator)
-        except StopIteration:
-            exchange.completed_at = time.time_ns()
-            self._done = True
-            exchange.finish()
-            raise
-        except BaseException as error:
-            self._done = True
-            exchange.finish(error)
-            raise
-        if exchange.response_body is not None:
-            exchange.response_body.feed(chunk)
-        return chunk
+        iterator = self._iterator
+        return next_chunk(self._exchange, lambda: self._in_context().run(next, iterator))
 
     def close(self) -> None:
         exchange = self._exchange
@@ -332,7 +318,7 @@ class TracedBody:
             if close is not None:
                 self._in_context().run(close)
         finally:
-            exchange.disconnected = not self._done
+            exchange.disconnected = exchange.completed_at is None  # (a failure ended it)
             exchange.finish()
             trace.release()
             self._context = None
