@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextvars
 from collections.abc import AsyncIterator, Iterable, Iterator
+from functools import partial
 
 from lemma_middleware.adapters.chunks import (
     StreamedExchange,
@@ -25,12 +26,13 @@ class SyncChunks:
         assert trace is not None
         self._context = contextvars.copy_context()
         self._context.run(trace.activate)  # for the context's life: never undone
+        self._produce = partial(self._context.run, next, self._iterator)
 
     def __iter__(self) -> Iterator[bytes]:
         return self
 
     def __next__(self) -> bytes:
-        return next_chunk(self._exchange, lambda: self._context.run(next, self._iterator))
+        return next_chunk(self._exchange, self._produce)
 
     def close(self) -> None:
         close = getattr(self._iterator, "close", None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextvars
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from functools import partial
 from types import TracebackType
 from typing import Any, ClassVar, Protocol, Unpack
 
@@ -289,7 +290,8 @@ class TracedBody:
     def __init__(self, exchange: TracedWSGIExchange, result: Iterable[bytes]) -> None:
         self._exchange = exchange
         self._result = result
-        self._iterator: Iterator[bytes] | None = None
+        self._produce: Callable[[], bytes] | None = None
+        """The next chunk, in the request's context (made at the first chunk)."""
         self._context: contextvars.Context | None = None
 
     def __iter__(self) -> Iterator[bytes]:
@@ -304,10 +306,9 @@ class TracedBody:
         return self._context
 
     def __next__(self) -> bytes:
-        if self._iterator is None:
-            self._iterator = iter(self._result)
-        iterator = self._iterator
-        return next_chunk(self._exchange, lambda: self._in_context().run(next, iterator))
+        if self._produce is None:
+            self._produce = partial(self._in_context().run, next, iter(self._result))
+        return next_chunk(self._exchange, self._produce)
 
     def close(self) -> None:
         exchange = self._exchange
@@ -321,4 +322,4 @@ class TracedBody:
             exchange.disconnected = exchange.completed_at is None  # (a failure ended it)
             exchange.finish()
             trace.release()
-            self._context = None
+            self._context = self._produce = None
